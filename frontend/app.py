@@ -1,0 +1,190 @@
+"""The Sanic app: KServe v2 routes proxied to the fleet, one error handler, one route table."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any
+
+from sanic import Request, Sanic, response
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
+
+from frontend.fleet import Fleet
+from frontend.protocol import ModelMetadata, parse_infer
+from frontend.timing import RequestTiming, TimingLog
+from frontend.upstream import Upstream, UpstreamConnectionError
+from mark import __version__
+from mark.backends.base import InstanceState
+from mark.config import MarkConfig
+from mark.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError
+
+log = logging.getLogger(__name__)
+_app_ids = itertools.count(1)
+
+# request headers forwarded to instances, and reply headers passed back
+_FWD_REQ = ("content-type", "inference-header-content-length", "content-encoding",
+            "accept-encoding")
+_FWD_RESP = ("content-type", "inference-header-content-length", "content-encoding")
+
+
+class FrontEnd:
+    """Handlers over a fleet; the Sanic wiring is in :func:`create_app`."""
+
+    def __init__(self, cfg: MarkConfig, fleet: Fleet, upstream: Upstream,
+                 timings: TimingLog | None = None) -> None:
+        self.cfg = cfg
+        self.fleet = fleet
+        self.upstream = upstream
+        self.timings = timings or TimingLog(cfg.frontend.timing_log_size)
+        self.models = {m.name: m for m in cfg.models}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _known(self, model: str) -> None:
+        if model not in self.models:
+            raise NotFound(f"unknown model {model!r}; known models: {sorted(self.models)}")
+
+    def _unavailable(self, model: str) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"no ready instance for model {model!r}; retry later",
+            retry_after_s=self.cfg.frontend.retry_after_s,
+        )
+
+    async def metadata(self, model: str) -> ModelMetadata:
+        self._known(model)
+        meta = self.fleet.metadata.get(model)
+        if meta is not None:
+            return meta
+        for inst in self.fleet.ready(model):
+            try:
+                reply = await self.upstream.request("GET", f"{inst.url}/v2/models/{model}")
+            except UpstreamError as exc:
+                log.warning("metadata of %s from %s failed: %s", model, inst.id, exc)
+                continue
+            if reply.status == 200:
+                import json
+
+                meta = ModelMetadata.from_triton(json.loads(reply.body))
+                self.fleet.metadata[model] = meta
+                return meta
+        raise self._unavailable(model)
+
+    # -- handlers ------------------------------------------------------------------------
+    async def live(self, request: Request) -> HTTPResponse:
+        return response.empty(status=200)
+
+    async def ready(self, request: Request) -> HTTPResponse:
+        missing = [m for m in self.models if not self.fleet.ready(m)]
+        if missing:
+            raise ServiceUnavailable(f"no ready instance for models {missing}",
+                                     self.cfg.frontend.retry_after_s)
+        return response.empty(status=200)
+
+    async def server_metadata(self, request: Request) -> HTTPResponse:
+        return response.json({"name": "mark", "version": __version__,
+                              "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(self, request: Request, model: str, version: str = "") -> HTTPResponse:
+        return response.json((await self.metadata(model)).raw)
+
+    async def model_ready(self, request: Request, model: str, version: str = "") -> HTTPResponse:
+        self._known(model)
+        if not self.fleet.ready(model):
+            raise self._unavailable(model)
+        return response.empty(status=200)
+
+    async def model_config(self, request: Request, model: str, version: str = "") -> HTTPResponse:
+        self._known(model)
+        for inst in self.fleet.ready(model):
+            try:
+                reply = await self.upstream.request("GET", f"{inst.url}/v2/models/{model}/config")
+            except UpstreamError:
+                continue
+            return response.raw(reply.body, status=reply.status,
+                                content_type=reply.headers.get("content-type", "application/json"))
+        raise self._unavailable(model)
+
+    async def infer(self, request: Request, model: str, version: str = "") -> HTTPResponse:
+        arrival = time.perf_counter()
+        meta = await self.metadata(model)
+        body = request.body
+        hdrs = request.headers
+        info = parse_infer(body, hdrs.get("inference-header-content-length"), meta,
+                           hdrs.get("content-encoding"))
+        fwd = {k: v for k in _FWD_REQ if (v := hdrs.get(k)) is not None}
+        path = f"/v2/models/{model}/versions/{version}/infer" if version else request.path
+        tried: list[str] = []
+        last: UpstreamConnectionError | None = None
+        for _attempt in range(2):  # one retry, on another instance, if the first one died
+            inst = self.fleet.pick(model, info.batch_size, tried)
+            if inst is None:
+                if last is None:
+                    raise self._unavailable(model)
+                break
+            sent = time.perf_counter()
+            try:
+                reply = await self.upstream.request("POST", inst.url + path, body, fwd)
+            except UpstreamConnectionError as exc:
+                log.warning("infer %s on %s failed (%s); retrying elsewhere", model, inst.id, exc)
+                self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, str(exc))
+                tried.append(inst.id)
+                last = exc
+                continue
+            done = time.perf_counter()
+            self.timings.add(RequestTiming(model, inst.id, "iaas", arrival, sent - arrival,
+                                           done - sent, reply.status, len(tried) + 1))
+            headers = {k: v for k in _FWD_RESP if (v := reply.headers.get(k)) is not None}
+            headers["x-mark-backend"] = "iaas"
+            headers["x-mark-instance"] = inst.id
+            return HTTPResponse(reply.body, status=reply.status, headers=headers)
+        raise UpstreamError(
+            f"model {model!r}: instance(s) {tried} failed ({last}) and no other ready "
+            f"instance could take the retry"
+        )
+
+
+def error_response(exc: Exception) -> HTTPResponse:
+    if isinstance(exc, MarkError):
+        return response.json({"error": exc.message}, status=exc.status, headers=exc.headers())
+    if isinstance(exc, SanicException):
+        status = exc.status_code
+        msg = str(exc) or type(exc).__name__
+        if status == 413:
+            msg = f"request body too large: {msg}"
+        return response.json({"error": msg}, status=status, headers=getattr(exc, "headers", None))
+    log.exception("unhandled error", exc_info=exc)
+    return response.json({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+
+
+def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
+    """The Sanic app with the v2 route table in one place."""
+    app: Sanic[Any, Any] = Sanic(name or f"mark_frontend_{next(_app_ids)}")
+    app.config.REQUEST_MAX_SIZE = front.cfg.frontend.max_body_bytes
+    app.config.MOTD = False
+    app.config.ACCESS_LOG = False
+    app.config.KEEP_ALIVE_TIMEOUT = 30
+    app.ctx.front = front
+
+    routes: list[tuple[str, Any, str]] = [
+        ("/v2/health/live", front.live, "GET"),
+        ("/v2/health/ready", front.ready, "GET"),
+        ("/v2", front.server_metadata, "GET"),
+        ("/v2/models/<model:str>", front.model_metadata, "GET"),
+        ("/v2/models/<model:str>/versions/<version:str>", front.model_metadata, "GET"),
+        ("/v2/models/<model:str>/ready", front.model_ready, "GET"),
+        ("/v2/models/<model:str>/versions/<version:str>/ready", front.model_ready, "GET"),
+        ("/v2/models/<model:str>/config", front.model_config, "GET"),
+        ("/v2/models/<model:str>/versions/<version:str>/config", front.model_config, "GET"),
+        ("/v2/models/<model:str>/infer", front.infer, "POST"),
+        ("/v2/models/<model:str>/versions/<version:str>/infer", front.infer, "POST"),
+    ]
+    for uri, handler, method in routes:
+        app.add_route(handler, uri, methods=[method], name=f"{method}_{uri}".replace("/", "_")
+                      .replace("<", "").replace(">", "").replace(":", "_"))
+
+    @app.exception(Exception)
+    async def _on_error(request: Request, exc: Exception) -> HTTPResponse:
+        return error_response(exc)
+
+    return app

@@ -1,0 +1,242 @@
+"""KServe v2 inference requests: parsing and validation against a model's metadata.
+
+Validation happens before a request is forwarded, so a bad request costs no instance time
+and gets a 400 that names the field and what is accepted. Both body forms are handled:
+plain JSON tensors, and the binary-tensor extension (a JSON header of
+``Inference-Header-Content-Length`` bytes followed by raw tensor bytes, each input's size in
+``parameters.binary_data_size``). The body is never re-serialised; it is forwarded as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from mark.errors import BadRequest
+
+# bytes per element of each fixed-size v2 datatype; BYTES is length-prefixed
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+    "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8,
+    "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 = any size
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    inputs: dict[str, TensorMeta]
+    outputs: dict[str, TensorMeta]
+    raw: dict[str, Any]  # the instance's metadata document, served back to clients
+    batched: bool  # first dimension is the batch dimension
+
+    @classmethod
+    def from_triton(cls, doc: dict[str, Any]) -> ModelMetadata:
+        def tensors(key: str) -> dict[str, TensorMeta]:
+            return {
+                t["name"]: TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"]))
+                for t in doc.get(key, [])
+            }
+
+        inputs = tensors("inputs")
+        batched = bool(inputs) and all(t.shape[:1] == (-1,) for t in inputs.values())
+        return cls(doc["name"], inputs, tensors("outputs"), doc, batched)
+
+
+@dataclass(frozen=True, slots=True)
+class InferInfo:
+    """What the router needs from a valid request."""
+
+    batch_size: int  # requests' worth of work (rows of the batch dimension)
+
+
+def _decode(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding == "gzip":
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except zlib.error as exc:
+        raise BadRequest(f"body is not valid {encoding} data: {exc}") from exc
+    raise BadRequest(f"Content-Encoding {encoding!r} not accepted; accepted: gzip, deflate, identity")
+
+
+def _count_json(data: Any, datatype: str, where: str) -> int:
+    """Number of scalars in a (possibly nested) JSON list, checking their JSON type."""
+    stack = [data]
+    n = 0
+    want_str = datatype == "BYTES"
+    want_bool = datatype == "BOOL"
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        n += 1
+        ok = (
+            isinstance(item, str)
+            if want_str
+            else isinstance(item, bool)
+            if want_bool
+            else isinstance(item, int | float) and not isinstance(item, bool)
+        )
+        if not ok:
+            kind = "strings" if want_str else "booleans" if want_bool else "numbers"
+            raise BadRequest(f"{where}: data for datatype {datatype} must be {kind}, got {item!r}")
+    return n
+
+
+def _count_bytes_elements(buf: memoryview, where: str) -> int:
+    """Elements of a BYTES tensor in binary form (4-byte little-endian length prefixes)."""
+    n, pos, end = 0, 0, len(buf)
+    while pos < end:
+        if pos + 4 > end:
+            raise BadRequest(f"{where}: truncated BYTES element length prefix")
+        (size,) = struct.unpack_from("<I", buf, pos)
+        pos += 4 + size
+        n += 1
+    if pos != end:
+        raise BadRequest(f"{where}: BYTES element overruns binary_data_size")
+    return n
+
+
+def parse_infer(
+    body: bytes,
+    header_length: str | None,
+    meta: ModelMetadata,
+    content_encoding: str | None = None,
+) -> InferInfo:
+    """Validate an infer request body against ``meta``; return what routing needs."""
+    model = meta.name
+    raw = _decode(body, content_encoding)
+    if header_length is not None:
+        try:
+            hlen = int(header_length)
+        except ValueError:
+            raise BadRequest(
+                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+            ) from None
+        if not 0 < hlen <= len(raw):
+            raise BadRequest(
+                f"Inference-Header-Content-Length {hlen} is outside the body "
+                f"(body has {len(raw)} bytes)"
+            )
+        header_bytes, binary = raw[:hlen], memoryview(raw)[hlen:]
+    else:
+        header_bytes, binary = raw, memoryview(b"")
+    try:
+        doc = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(doc).__name__}")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'inputs' must be a non-empty list of tensors")
+
+    seen: set[str] = set()
+    offset = 0
+    batch = 1
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise BadRequest(f"inputs[{i}] must be an object with name, datatype, shape, data")
+        name = tensor.get("name")
+        expected = meta.inputs.get(name) if isinstance(name, str) else None
+        if expected is None:
+            raise BadRequest(
+                f"inputs[{i}].name {name!r} is not an input of model {model!r}; "
+                f"accepted: {sorted(meta.inputs)}"
+            )
+        if name in seen:
+            raise BadRequest(f"input {name!r} given twice")
+        seen.add(name)
+        where = f"input {name!r}"
+        dtype = tensor.get("datatype")
+        if dtype != expected.datatype:
+            raise BadRequest(
+                f"{where}: datatype {dtype!r} not accepted; model {model!r} expects "
+                f"{expected.datatype}"
+            )
+        shape = tensor.get("shape")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise BadRequest(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if len(shape) != len(expected.shape) or any(
+            e != -1 and d != e for d, e in zip(shape, expected.shape, strict=True)
+        ):
+            raise BadRequest(
+                f"{where}: shape {shape} not accepted; model {model!r} expects "
+                f"{list(expected.shape)} (-1 = any size)"
+            )
+        count = math.prod(shape)
+        params = tensor.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest(f"{where}: parameters must be an object")
+        bsize = params.get("binary_data_size")
+        if bsize is not None:
+            if not isinstance(bsize, int) or isinstance(bsize, bool) or bsize < 0:
+                raise BadRequest(f"{where}: binary_data_size must be a non-negative integer")
+            if header_length is None:
+                raise BadRequest(
+                    f"{where}: binary_data_size given but no Inference-Header-Content-Length header"
+                )
+            chunk = binary[offset : offset + bsize]
+            if len(chunk) != bsize:
+                raise BadRequest(
+                    f"{where}: binary_data_size {bsize} exceeds the binary data left "
+                    f"({len(binary) - offset} bytes)"
+                )
+            offset += bsize
+            if dtype == "BYTES":
+                got = _count_bytes_elements(chunk, where)
+                if got != count:
+                    raise BadRequest(f"{where}: {got} BYTES elements for shape {shape} ({count})")
+            elif bsize != count * DTYPE_SIZES[dtype]:
+                raise BadRequest(
+                    f"{where}: binary_data_size {bsize} does not match shape {shape} of {dtype} "
+                    f"({count * DTYPE_SIZES[dtype]} bytes)"
+                )
+        else:
+            if "data" not in tensor:
+                raise BadRequest(f"{where}: needs 'data' or parameters.binary_data_size")
+            got = _count_json(tensor["data"], dtype, where)
+            if got != count:
+                raise BadRequest(
+                    f"{where}: data has {got} elements but shape {shape} needs {count}"
+                )
+        if meta.batched and shape:
+            batch = max(batch, shape[0])
+    if offset != len(binary):
+        raise BadRequest(
+            f"{len(binary) - offset} bytes of binary data after the last input's binary_data_size"
+        )
+    missing = sorted(set(meta.inputs) - seen)
+    if missing:
+        raise BadRequest(f"model {model!r} needs inputs {missing}")
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise BadRequest("'outputs' must be a list")
+        for j, out in enumerate(outputs):
+            oname = out.get("name") if isinstance(out, dict) else None
+            if oname not in meta.outputs:
+                raise BadRequest(
+                    f"outputs[{j}].name {oname!r} is not an output of model {model!r}; "
+                    f"accepted: {sorted(meta.outputs)}"
+                )
+    return InferInfo(batch_size=batch)

@@ -1,0 +1,32 @@
+"""mark: SLO-aware, cost-minimising inference serving (MArk-style)."""
+
+from mark.clock import Clock, VirtualClock, WallClock
+from mark.errors import (
+    BadRequest,
+    ConfigError,
+    MarkError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadRequest",
+    "Clock",
+    "ConfigError",
+    "MarkError",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "VirtualClock",
+    "WallClock",
+    "__version__",
+]

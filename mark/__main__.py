@@ -1,0 +1,5 @@
+import sys
+
+from mark.cli import main
+
+sys.exit(main())

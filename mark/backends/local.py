@@ -1,0 +1,216 @@
+"""The ``local`` backend: each instance is a real ``tritonserver`` process on loopback.
+
+Processes are started in their own session (so a terminal's Ctrl-C reaches only ``mark``,
+which then stops them in order) with ``PR_SET_PDEATHSIG`` = SIGKILL, so that no instance
+outlives a parent that crashed or was killed. Terminating signals the whole process group
+(tritonserver and its Python-backend stubs), waits, then kills, and always reaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from mark.backends.base import (
+    Instance,
+    InstanceState,
+    InterruptionNotice,
+    LaunchSpec,
+    Market,
+    register_backend,
+)
+from mark.clock import Clock, WallClock
+from mark.config import ModelConfig
+from mark.errors import ServiceUnavailable
+from mark.models.repository import write_model_repository
+from mark.triton_dist import prepare_triton
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+ExitCallback = Callable[[Instance, int], None]
+
+
+class LocalBackend:
+    """Launch Triton processes serving ``models`` from a repository under ``runtime_dir``."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        models: list[ModelConfig],
+        clock: Clock | None = None,
+        on_exit: ExitCallback | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.runtime_dir = Path(runtime_dir).resolve()
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self.models = list(models)
+        self.clock = clock or WallClock()
+        self.on_exit = on_exit
+        self.host = host
+        self._dist = prepare_triton(self.runtime_dir)
+        self._repo = write_model_repository(self.runtime_dir / "model_repository", self.models)
+        self._ids = itertools.count(1)
+        self._instances: dict[str, Instance] = {}
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        return self._session
+
+    def pid(self, instance_id: str) -> int | None:
+        proc = self._procs.get(instance_id)
+        return proc.pid if proc else None
+
+    async def launch(self, spec: LaunchSpec) -> Instance:
+        iid = f"local-{os.getpid()}-{next(self._ids)}"
+        port = free_port(self.host)
+        log_path = self.runtime_dir / "logs" / f"{iid}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(self._dist.binary),
+            f"--model-repository={self._repo}",
+            f"--backend-directory={self._dist.backend_dir}",
+            f"--cache-directory={self._dist.cache_dir}",
+            f"--http-address={self.host}",
+            f"--http-port={port}",
+            "--allow-grpc=false",
+            "--allow-metrics=false",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+            # keep-alive connections from the front end would hold a graceful exit for 30 s
+            "--exit-timeout-secs=2",
+        ]
+        repo_root = str(Path(__file__).resolve().parents[2])
+        with open(log_path, "ab") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._dist.env(pythonpath=[repo_root]),
+                preexec_fn=_die_with_parent,
+            )
+        inst = Instance(
+            id=iid,
+            url=f"http://{self.host}:{port}",
+            instance_type=spec.instance_type,
+            market=spec.market if isinstance(spec.market, Market) else Market(spec.market),
+            state=InstanceState.PENDING,
+            launched_at_s=self.clock.now(),
+            models=spec.models or tuple(m.name for m in self.models),
+            extra={"pid": proc.pid, "log": str(log_path)},
+        )
+        self._instances[iid] = inst
+        self._procs[iid] = proc
+        self._watchers[iid] = asyncio.create_task(self._watch(inst, proc))
+        log.info("launched %s pid=%d at %s (log %s)", iid, proc.pid, inst.url, log_path)
+        return inst
+
+    async def _watch(self, inst: Instance, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        was = inst.state
+        inst.state = InstanceState.TERMINATED
+        if was != InstanceState.TERMINATED:
+            log.warning("instance %s exited with code %s (state was %s)", inst.id, code, was.value)
+            if self.on_exit is not None:
+                self.on_exit(inst, code)
+
+    def _log_tail(self, inst: Instance, n: int = 15) -> str:
+        try:
+            lines = Path(inst.extra["log"]).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    async def wait_ready(self, instance_id: str, timeout_s: float) -> Instance:
+        inst = self._instances[instance_id]
+        deadline = self.clock.now() + timeout_s
+        while True:
+            if inst.state == InstanceState.TERMINATED:
+                raise ServiceUnavailable(
+                    f"instance {instance_id} exited before it was ready; log tail:\n"
+                    + self._log_tail(inst)
+                )
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self._http().get(f"{inst.url}/v2/health/ready") as resp:
+                    if resp.status == 200:
+                        inst.state = InstanceState.READY
+                        inst.ready_at_s = self.clock.now()
+                        log.info("instance %s ready after %.1f s", instance_id,
+                                 inst.ready_at_s - inst.launched_at_s)
+                        return inst
+            if self.clock.now() > deadline:
+                await self.terminate(instance_id)
+                raise ServiceUnavailable(
+                    f"instance {instance_id} not ready within {timeout_s:.0f} s; log tail:\n"
+                    + self._log_tail(inst)
+                )
+            await asyncio.sleep(0.2)
+
+    async def terminate(self, instance_id: str) -> None:
+        inst = self._instances.get(instance_id)
+        proc = self._procs.get(instance_id)
+        if inst is None or proc is None:
+            return
+        inst.state = InstanceState.TERMINATED
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=10)
+            except asyncio.TimeoutError:
+                log.warning("instance %s ignored SIGTERM; killing", instance_id)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        # the group may still hold Python-backend stubs
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        watcher = self._watchers.pop(instance_id, None)
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
+        log.info("terminated %s", instance_id)
+
+    async def list_instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
+    async def interruption_notices(self) -> list[InterruptionNotice]:
+        return []  # local processes are never reclaimed
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.terminate(i) for i in list(self._procs)))
+        if self._session is not None:
+            await self._session.close()
+
+
+register_backend("local")(LocalBackend)

@@ -1,0 +1,52 @@
+"""The ``mark`` command line: one sub-command per module in this package.
+
+Each sub-command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` (taking the parsed args, returning an exit code). Modules are imported lazily so
+``mark --help`` stays fast and a heavy dependency of one command never slows another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from mark.errors import MarkError
+
+# sub-command module names under mark.cli, in help order
+COMMANDS: tuple[str, ...] = ("up", "load", "forecast", "simulate", "profile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mark", description="SLO-aware, cost-minimising inference serving (MArk-style)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"mark.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except MarkError as exc:
+        print(f"mark {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The local cluster: a backend's instances behind the Sanic front end, in one event loop.
+
+``LocalCluster`` is what ``mark up`` runs and what the tests start (in a thread of its own
+via :class:`ClusterThread`, so blocking clients such as ``tritonclient`` can talk to it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import aiohttp
+
+from frontend.app import FrontEnd, create_app
+from frontend.fleet import Fleet
+from frontend.upstream import Upstream
+from mark.backends.base import Instance, InstanceState, LaunchSpec
+from mark.backends.local import LocalBackend, free_port
+from mark.config import MarkConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LocalCluster:
+    def __init__(self, cfg: MarkConfig) -> None:
+        self.cfg = cfg
+        self.fleet = Fleet([m.name for m in cfg.models])
+        self.upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
+                                 cfg.frontend.upstream_timeout_s)
+        self.front = FrontEnd(cfg, self.fleet, self.upstream)
+        self.backend: LocalBackend | None = None
+        self.port = cfg.frontend.port or free_port(cfg.frontend.host)
+        self._server: Any = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.frontend.host}:{self.port}"
+
+    def _on_exit(self, inst: Instance, code: int) -> None:
+        self.fleet.remove(inst.id, f"process exited with code {code}")
+
+    async def start(self) -> None:
+        self.backend = LocalBackend(self.cfg.runtime_dir, self.cfg.models, on_exit=self._on_exit)
+        await self.upstream.start()
+        app = create_app(self.front)
+        self._server = await app.create_server(
+            host=self.cfg.frontend.host, port=self.port, return_asyncio_server=True
+        )
+        await self._server.startup()
+        await self._server.before_start()
+        await self._server.after_start()
+        log.info("front end listening on %s", self.url)
+        weights = self.cfg.fleet.weights or [None] * self.cfg.fleet.instances
+        try:
+            await asyncio.gather(*(self.add_instance(w) for w in weights))
+        except BaseException:
+            await self.stop()
+            raise
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def add_instance(self, weight: float | None = None) -> Instance:
+        assert self.backend is not None
+        spec = LaunchSpec(instance_type=self.cfg.fleet.instance_type,
+                          models=tuple(m.name for m in self.cfg.models))
+        inst = await self.backend.launch(spec)
+        inst.capacity_rps = weight or min(m.capacity_rps for m in self.cfg.models)
+        await self.backend.wait_ready(inst.id, self.cfg.fleet.ready_timeout_s)
+        self.fleet.upsert(inst)
+        return inst
+
+    async def remove_instance(self, instance_id: str) -> None:
+        self.fleet.remove(instance_id, "terminated by the control plane")
+        if self.backend is not None:
+            await self.backend.terminate(instance_id)
+
+    async def _health_loop(self) -> None:
+        """Take unhealthy instances out of routing; bring recovered ones back."""
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.cfg.fleet.health_interval_s))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                await asyncio.sleep(self.cfg.fleet.health_interval_s)
+                for inst in list(self.fleet.instances.values()):
+                    ok = False
+                    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                        async with http.get(f"{inst.url}/v2/health/ready") as r:
+                            ok = r.status == 200
+                    if inst.state == InstanceState.TERMINATED:
+                        self.fleet.remove(inst.id, "terminated")
+                    elif ok and inst.state == InstanceState.UNHEALTHY:
+                        self.fleet.set_state(inst.id, InstanceState.READY, "health check passed")
+                    elif not ok and inst.state == InstanceState.READY:
+                        self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, "health check failed")
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.before_stop()
+            self._server.close()
+            await self._server.wait_closed()
+            with contextlib.suppress(Exception):
+                await self._server.after_stop()
+            self._server = None
+        await self.upstream.close()
+        if self.backend is not None:
+            await self.backend.close()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()
+
+
+class ClusterThread:
+    """Run a :class:`LocalCluster` on its own event loop in a daemon thread."""
+
+    def __init__(self, cfg: MarkConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.cluster: LocalCluster = self.call(self._make(cfg))
+        self.call(self.cluster.start(), timeout=600)
+
+    @staticmethod
+    async def _make(cfg: MarkConfig) -> LocalCluster:
+        return LocalCluster(cfg)  # built on the cluster's loop
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.cluster.stop(), timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)

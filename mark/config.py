@@ -1,0 +1,126 @@
+"""Configuration as validated models. Every field has a default, so ``mark up`` needs no file.
+
+Load with :func:`load_config` from YAML (or TOML by extension). Units are in field names.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mark.errors import ConfigError
+
+ModelKind = Literal["minilm", "identity"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    name: str = Field("minilm", description="model name clients use in /v2/models/{name}")
+    kind: ModelKind = Field("minilm", description="which bundled model implementation serves it")
+    max_batch_size: int = Field(32, ge=0, le=1024, description="Triton max_batch_size; 0 = no batching")
+    dynamic_batching: bool = Field(True, description="enable Triton's dynamic batcher")
+    max_queue_delay_us: int = Field(
+        0, ge=0, description="dynamic batcher max queue delay (µs); 0 still batches under load"
+    )
+    torch_threads: int = Field(2, ge=1, description="intra-op threads of the model (minilm)")
+    capacity_rps: float = Field(
+        200.0, gt=0, description="requests/s one instance sustains under the SLO (WRR weight)"
+    )
+    slo_latency_ms: float = Field(500.0, gt=0, description="latency bound of the SLO (ms)")
+    slo_percentile: float = Field(98.0, gt=0, le=100, description="share of requests that must meet it (%)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.dynamic_batching and self.max_batch_size == 0:
+            raise ValueError(
+                f"model {self.name!r}: dynamic_batching needs max_batch_size > 0 (got 0)"
+            )
+        return self
+
+
+class FleetConfig(_Strict):
+    instances: int = Field(2, ge=0, le=64, description="local Triton instances started by `mark up`")
+    instance_type: str = Field("local", description="catalogue type name recorded for instances")
+    weights: list[float] | None = Field(
+        None, description="per-instance WRR weights (requests/s); default: the model capacity"
+    )
+    ready_timeout_s: float = Field(300.0, gt=0, description="how long an instance may take to load")
+    health_interval_s: float = Field(1.0, gt=0, description="instance health polling period (s)")
+
+    @model_validator(mode="after")
+    def _check(self) -> FleetConfig:
+        if self.weights is not None:
+            if len(self.weights) != self.instances:
+                raise ValueError(
+                    f"fleet.weights has {len(self.weights)} entries but fleet.instances is "
+                    f"{self.instances}; give one weight per instance"
+                )
+            if any(w <= 0 for w in self.weights):
+                raise ValueError(f"fleet.weights must all be > 0, got {self.weights}")
+        return self
+
+
+class FrontendConfig(_Strict):
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8080, ge=0, le=65535, description="listen port (0 = any free port)")
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger request bodies get 413")
+    upstream_timeout_s: float = Field(30.0, gt=0, description="timeout of one upstream request")
+    connect_timeout_s: float = Field(2.0, gt=0, description="upstream connect timeout")
+    pool_size: int = Field(256, gt=0, description="max pooled upstream connections")
+    timing_log_size: int = Field(100_000, gt=0, description="per-request timing records kept")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
+
+
+class MarkConfig(_Strict):
+    frontend: FrontendConfig = Field(default_factory=FrontendConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    runtime_dir: Path = Field(
+        Path(".runtime"), description="where model repositories and logs of instances go"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MarkConfig:
+        names = [m.name for m in self.models]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"model names must be unique, repeated: {sorted(dup)}")
+        if not self.models:
+            raise ValueError("at least one model is needed")
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def load_config(path: str | Path | None) -> MarkConfig:
+    """Read a YAML/TOML file (``None`` = all defaults); errors name the file and field."""
+    if path is None:
+        return MarkConfig()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return MarkConfig.model_validate(raw)
+    except ValidationError as exc:
+        msgs = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{p}: invalid configuration: {msgs}") from exc

@@ -1,0 +1,5 @@
+"""Bundled models and the writer of Triton model repositories for them."""
+
+from mark.models.repository import MODEL_SPECS, ModelSpec, TensorSpec, write_model_repository
+
+__all__ = ["MODEL_SPECS", "ModelSpec", "TensorSpec", "write_model_repository"]
