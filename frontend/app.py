@@ -164,6 +164,7 @@ def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
     app.config.MOTD = False
     app.config.ACCESS_LOG = False
     app.config.KEEP_ALIVE_TIMEOUT = 30
+    app.config.TOUCHUP = False  # its code rewriting breaks a second app in one process
     app.ctx.front = front
 
     routes: list[tuple[str, Any, str]] = [

@@ -155,7 +155,7 @@ def parse_infer(
             raise BadRequest(f"inputs[{i}] must be an object with name, datatype, shape, data")
         name = tensor.get("name")
         expected = meta.inputs.get(name) if isinstance(name, str) else None
-        if expected is None:
+        if expected is None or not isinstance(name, str):
             raise BadRequest(
                 f"inputs[{i}].name {name!r} is not an input of model {model!r}; "
                 f"accepted: {sorted(meta.inputs)}"

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 class WeightedRoundRobin:
     """Smooth, deterministic WRR over string ids with float weights (> 0)."""
 
-    __slots__ = ("_pass", "_stride", "_order")
+    __slots__ = ("_order", "_pass", "_stride")
 
     def __init__(self, weights: Mapping[str, float] | None = None) -> None:
         self._pass: dict[str, float] = {}

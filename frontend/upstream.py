@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,7 +59,7 @@ class Upstream:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
                 data = await resp.read()
                 return UpstreamReply(resp.status, data, resp.headers)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"{url} did not answer within {self.timeout.total:.0f} s"
             ) from exc

@@ -58,7 +58,8 @@ class LocalCluster:
         await self._server.before_start()
         await self._server.after_start()
         log.info("front end listening on %s", self.url)
-        weights = self.cfg.fleet.weights or [None] * self.cfg.fleet.instances
+        n = self.cfg.fleet.instances
+        weights: list[float | None] = [None] * n if self.cfg.fleet.weights is None else [*self.cfg.fleet.weights]
         try:
             await asyncio.gather(*(self.add_instance(w) for w in weights))
         except BaseException:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 
-class InstanceState(str, Enum):
+class InstanceState(StrEnum):
     PENDING = "pending"
     READY = "ready"
     UNHEALTHY = "unhealthy"  # failed a request or a health check; no traffic until healthy
@@ -30,7 +30,7 @@ class InstanceState(str, Enum):
     TERMINATED = "terminated"
 
 
-class Market(str, Enum):
+class Market(StrEnum):
     ON_DEMAND = "on_demand"
     SPOT = "spot"
 

@@ -18,6 +18,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 
@@ -38,6 +39,7 @@ from mark.triton_dist import prepare_triton
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # model.py imports our packages from here
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -50,6 +52,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
 
 
 ExitCallback = Callable[[Instance, int], None]
@@ -95,7 +102,7 @@ class LocalBackend:
         iid = f"local-{os.getpid()}-{next(self._ids)}"
         port = free_port(self.host)
         log_path = self.runtime_dir / "logs" / f"{iid}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = await asyncio.to_thread(_open_log, log_path)
         args = [
             str(self._dist.binary),
             f"--model-repository={self._repo}",
@@ -110,8 +117,8 @@ class LocalBackend:
             # keep-alive connections from the front end would hold a graceful exit for 30 s
             "--exit-timeout-secs=2",
         ]
-        repo_root = str(Path(__file__).resolve().parents[2])
-        with open(log_path, "ab") as logf:
+        repo_root = str(_REPO_ROOT)
+        with logf:
             proc = await asyncio.create_subprocess_exec(
                 *args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -188,7 +195,7 @@ class LocalBackend:
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("instance %s ignored SIGTERM; killing", instance_id)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)

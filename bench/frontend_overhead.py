@@ -1,0 +1,106 @@
+"""Front-end overhead: the same closed-loop load straight to Triton and through mark.
+
+One `mark up` (one instance serving the trivial and the real model) runs as a child
+process so its CPU time can be read from /proc; each (model, concurrency) is driven
+direct and through the front end back to back in one run. Prints a table with the
+front/direct ratios and writes JSON rows:
+{"model", "concurrency", "target", "throughput_rps", "p50_ms", "p99_ms",
+ "frontend_cpu_ms_per_request"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from mark.backends.local import free_port
+from mark.loadgen import LoadClient
+
+CASES = [("identity", 1), ("identity", 4), ("minilm", 16)]
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def start_cluster(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    port = free_port()
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(
+        "models:\n  - {name: identity, kind: identity}\n  - {name: minilm, kind: minilm}\n"
+        f"fleet: {{instances: 1}}\nruntime_dir: {tmp / 'rt'}\n"
+    )
+    out = (tmp / "up.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mark", "up", "--config", str(cfg),
+                             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.25)
+    else:
+        proc.kill()
+        raise SystemExit("mark up did not become ready")
+    # the one instance's own URL, from mark up's log line "launched <id> pid=<pid> at <url>"
+    line = next(x for x in (tmp / "up.log").read_text().splitlines() if " launched " in x)
+    return proc, url, line.split(" at ")[-1].split()[0]
+
+
+async def drive(url: str, model: str, conc: int, duration: float) -> dict[str, float]:
+    async with LoadClient(url, model) as client:
+        res = await client.closed_loop(conc, duration, warmup_s=1.0)
+    j = res.to_json()
+    assert j["errors"] == 0 and j["lost"] == 0, j
+    return {"throughput_rps": j["throughput_rps"], "p50_ms": j["latency_ms"]["p50"],
+            "p99_ms": j["latency_ms"]["p99"], "requests": j["ok"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    ap.add_argument("--json", default="bench/results/frontend_overhead.json")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mark-bench-") as tmp:
+        proc, front, direct = start_cluster(Path(tmp))
+        try:
+            for model, conc in CASES:
+                for target, url in (("direct", direct), ("frontend", front)):
+                    c0 = cpu_s(proc.pid)
+                    r = asyncio.run(drive(url, model, conc, args.duration))
+                    cpu = cpu_s(proc.pid) - c0
+                    per_req = cpu * 1000 / r.pop("requests") if target == "frontend" else 0.0
+                    rows.append({"model": model, "concurrency": conc, "target": target, **r,
+                                 "frontend_cpu_ms_per_request": per_req})
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"{'model':9} {'conc':>4} {'target':9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'fe cpu ms/req':>13}")
+    for r in rows:
+        print(f"{r['model']:9} {r['concurrency']:>4} {r['target']:9} {r['throughput_rps']:>8.1f} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['frontend_cpu_ms_per_request']:>13.3f}")
+    print("\nfront/direct ratios")
+    for d, f in zip(rows[::2], rows[1::2], strict=True):
+        ratio = f["throughput_rps"] / d["throughput_rps"]
+        print(f"{d['model']:9} c={d['concurrency']:<3} throughput x{ratio:.3f}"
+              f"  p50 x{f['p50_ms'] / d['p50_ms']:.2f} (+{f['p50_ms'] - d['p50_ms']:.2f} ms)"
+              f"  p99 x{f['p99_ms'] / d['p99_ms']:.2f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
