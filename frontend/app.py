@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sanic import Request, Sanic, response
@@ -22,11 +23,31 @@ from mark.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError
 
 log = logging.getLogger(__name__)
 _app_ids = itertools.count(1)
+_touched_up = False
 
 # request headers forwarded to instances, and reply headers passed back
 _FWD_REQ = ("content-type", "inference-header-content-length", "content-encoding",
             "accept-encoding")
 _FWD_RESP = ("content-type", "inference-header-content-length", "content-encoding")
+_FWD_RESP_BYTES = {k: k.encode() for k in _FWD_RESP}
+
+
+class ProxyResponse(HTTPResponse):
+    """A response whose headers arrive pre-encoded (no per-header sanitising on the hot path).
+
+    Sanic still adds content-length and connection through ``headers``; those are appended.
+    """
+
+    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(body, status=status)
+        self._raw_headers = raw_headers
+
+    @property
+    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
+        yield from self._raw_headers
+        for name, value in self.headers.items():
+            if value != "":
+                yield name.encode("ascii"), str(value).encode("latin-1")
 
 
 class FrontEnd:
@@ -39,8 +60,17 @@ class FrontEnd:
         self.upstream = upstream
         self.timings = timings or TimingLog(cfg.frontend.timing_log_size)
         self.models = {m.name: m for m in cfg.models}
+        self._where_cache: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
 
     # -- helpers -------------------------------------------------------------------------
+    def _where(self, instance_id: str) -> tuple[tuple[bytes, bytes], ...]:
+        """Pre-encoded x-mark-* headers for an instance (built once per instance)."""
+        hdrs = self._where_cache.get(instance_id)
+        if hdrs is None:
+            hdrs = ((b"x-mark-backend", b"iaas"), (b"x-mark-instance", instance_id.encode()))
+            self._where_cache[instance_id] = hdrs
+        return hdrs
+
     def _known(self, model: str) -> None:
         if model not in self.models:
             raise NotFound(f"unknown model {model!r}; known models: {sorted(self.models)}")
@@ -134,10 +164,10 @@ class FrontEnd:
             done = time.perf_counter()
             self.timings.add(RequestTiming(model, inst.id, "iaas", arrival, sent - arrival,
                                            done - sent, reply.status, len(tried) + 1))
-            headers = {k: v for k in _FWD_RESP if (v := reply.headers.get(k)) is not None}
-            headers["x-mark-backend"] = "iaas"
-            headers["x-mark-instance"] = inst.id
-            return HTTPResponse(reply.body, status=reply.status, headers=headers)
+            raw = [(_FWD_RESP_BYTES[k], v.encode("latin-1"))
+                   for k in _FWD_RESP if (v := reply.headers.get(k)) is not None]
+            raw.extend(self._where(inst.id))
+            return ProxyResponse(reply.body, reply.status, raw)
         raise UpstreamError(
             f"model {model!r}: instance(s) {tried} failed ({last}) and no other ready "
             f"instance could take the retry"
@@ -164,7 +194,11 @@ def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
     app.config.MOTD = False
     app.config.ACCESS_LOG = False
     app.config.KEEP_ALIVE_TIMEOUT = 30
-    app.config.TOUCHUP = False  # its code rewriting breaks a second app in one process
+    # Sanic's touchup rewrites its request path once per process (dropping unused signal
+    # dispatch); a second app in the same process (tests) breaks under it, so only the first
+    global _touched_up
+    app.config.TOUCHUP = not _touched_up
+    _touched_up = True
     app.ctx.front = front
 
     routes: list[tuple[str, Any, str]] = [

@@ -9,12 +9,13 @@ plain JSON tensors, and the binary-tensor extension (a JSON header of
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from mark.errors import BadRequest
 
@@ -138,8 +139,8 @@ def parse_infer(
     else:
         header_bytes, binary = raw, memoryview(b"")
     try:
-        doc = json.loads(header_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(doc).__name__}")

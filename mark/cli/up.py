@@ -54,4 +54,6 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(args))
+    import uvloop
+
+    return uvloop.run(_serve(args))
