@@ -61,6 +61,16 @@ class InstanceType:
         raise ConfigError(f"unknown market {market!r}; accepted: 'on_demand', 'spot'")
 
 
+def lambda_vcpu(memory_mb: float, mb_per_vcpu: float = 1769.0, max_vcpu: float = 6.0,
+                max_memory_mb: float = 10240.0) -> float:
+    """Lambda's CPU share grows with memory: proportional up to 1 vCPU at ``mb_per_vcpu``
+    (1769 MB), then linearly to ``max_vcpu`` (6) at the largest size (10240 MB)."""
+    if memory_mb <= mb_per_vcpu:
+        return memory_mb / mb_per_vcpu
+    frac = (memory_mb - mb_per_vcpu) / (max_memory_mb - mb_per_vcpu)
+    return min(1.0 + frac * (max_vcpu - 1.0), max_vcpu)
+
+
 @dataclass(frozen=True)
 class LambdaSpec:
     usd_per_gb_s: float
@@ -76,8 +86,8 @@ class LambdaSpec:
     init_billed: bool = True
 
     def vcpu(self, memory_mb: float) -> float:
-        """CPU share grows linearly with memory: 1769 MB = 1 vCPU, capped at ``max_vcpu``."""
-        return min(memory_mb / self.mb_per_vcpu, self.max_vcpu)
+        """CPU share at ``memory_mb``: see :func:`lambda_vcpu`."""
+        return lambda_vcpu(memory_mb, self.mb_per_vcpu, self.max_vcpu)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ shipped name (``minilm``, ``inception-v3``, ...).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -79,8 +80,10 @@ class LambdaProfile:
     def service_s(self, memory_mb: float, batch: int, mb_per_vcpu: float = 1769.0,
                   max_vcpu: float = 6.0) -> float:
         """Service time of a batch at ``memory_mb``, scaled from the measured memory size."""
+        from mark.catalogue import lambda_vcpu
+
         def share(m: float) -> float:
-            return min(m / mb_per_vcpu, max_vcpu)
+            return lambda_vcpu(m, mb_per_vcpu, max_vcpu)
 
         ref = amdahl_speedup(share(self.memory_mb), self.parallel_fraction)
         new = amdahl_speedup(share(memory_mb), self.parallel_fraction)
@@ -147,7 +150,7 @@ def _type_profile(d: Any, where: str) -> TypeProfile:
         raise ConfigError(f"profile: {where}.batch_ms must include batch size 1")
     if any(t <= 0 for _, t in pts):
         raise ConfigError(f"profile: {where}.batch_ms times must be > 0 ms")
-    if any(b2 <= b1 or t2 < t1 for (b1, t1), (b2, t2) in zip(pts, pts[1:], strict=False)):
+    if any(b2 <= b1 or t2 < t1 for (b1, t1), (b2, t2) in itertools.pairwise(pts)):
         raise ConfigError(f"profile: {where}.batch_ms times must not fall as the batch grows")
     max_batch = int(d.get("max_batch", pts[-1][0]))
     if max_batch > pts[-1][0] or max_batch < 1:
