@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from frontend.protocol import ModelMetadata
 from frontend.routing import WeightedRoundRobin
-from mark.backends.base import Instance, InstanceState
+from mark.backends.base import Instance, InstanceState, Market
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +24,7 @@ class Fleet:
         self.instances: dict[str, Instance] = {}
         self.metadata: dict[str, ModelMetadata] = {}
         self._routers: dict[str, WeightedRoundRobin] = {m: WeightedRoundRobin() for m in models}
+        self.on_change: Callable[[Fleet], None] | None = None
 
     def _rebuild(self) -> None:
         for model, router in self._routers.items():
@@ -27,6 +33,47 @@ class Fleet:
                 for i in self.instances.values()
                 if i.state == InstanceState.READY and model in i.models
             })
+        if self.on_change is not None:
+            self.on_change(self)
+
+    # -- snapshots, so worker processes can follow the control plane's fleet ----------------
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "instances": [
+                {"id": i.id, "url": i.url, "instance_type": i.instance_type,
+                 "market": i.market.value, "state": i.state.value,
+                 "capacity_rps": i.capacity_rps, "models": list(i.models),
+                 "launched_at_s": i.launched_at_s}
+                for i in self.instances.values()
+            ],
+            "metadata": {m: meta.raw for m, meta in self.metadata.items()},
+        }
+
+    def write_snapshot(self, path: Path) -> None:
+        """Atomically replace ``path`` with the current snapshot."""
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.snapshot()))
+        os.replace(tmp, path)
+
+    def apply_snapshot(self, snap: dict[str, Any]) -> None:
+        """Adopt the control plane's view; local UNHEALTHY marks stand until it changes."""
+        fresh: dict[str, Instance] = {}
+        for d in snap["instances"]:
+            state = InstanceState(d["state"])
+            old = self.instances.get(d["id"])
+            if old is not None and old.state == InstanceState.UNHEALTHY and state == InstanceState.READY:
+                state = InstanceState.UNHEALTHY  # we saw it fail; our health recheck decides
+            fresh[d["id"]] = Instance(
+                id=d["id"], url=d["url"], instance_type=d["instance_type"],
+                market=Market(d["market"]), state=state, launched_at_s=d["launched_at_s"],
+                capacity_rps=d["capacity_rps"], models=tuple(d["models"]),
+                extra={"remote_state": d["state"]},
+            )
+        self.instances = fresh
+        for model, raw in snap.get("metadata", {}).items():
+            if model not in self.metadata:
+                self.metadata[model] = ModelMetadata.from_triton(raw)
+        self._rebuild()
 
     def upsert(self, inst: Instance) -> None:
         self.instances[inst.id] = inst

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import sys
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -20,7 +23,7 @@ from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
 from mark.backends.base import Instance, InstanceState, LaunchSpec
-from mark.backends.local import LocalBackend, free_port
+from mark.backends.local import LocalBackend, die_with_parent, free_port
 from mark.config import MarkConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,11 @@ class LocalCluster:
         self._server: Any = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.workers = cfg.frontend_workers()
+        self._worker_procs: list[asyncio.subprocess.Process] = []
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._fleet_changed = asyncio.Event()
+        self.fleet_path = Path(cfg.runtime_dir).resolve() / "fleet.json"
 
     @property
     def url(self) -> str:
@@ -51,21 +59,55 @@ class LocalCluster:
         self.backend = LocalBackend(self.cfg.runtime_dir, self.cfg.models, on_exit=self._on_exit)
         await self.upstream.start()
         app = create_app(self.front)
-        self._server = await app.create_server(
-            host=self.cfg.frontend.host, port=self.port, return_asyncio_server=True
-        )
+        sock = self._listen()
+        self._server = await app.create_server(sock=sock, return_asyncio_server=True)
         await self._server.startup()
         await self._server.before_start()
         await self._server.after_start()
         log.info("front end listening on %s", self.url)
         n = self.cfg.fleet.instances
-        weights: list[float | None] = [None] * n if self.cfg.fleet.weights is None else [*self.cfg.fleet.weights]
+        weights: list[float | None] = (
+            [None] * n if self.cfg.fleet.weights is None else [*self.cfg.fleet.weights]
+        )
         try:
             await asyncio.gather(*(self.add_instance(w) for w in weights))
         except BaseException:
             await self.stop()
             raise
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.workers > 1:  # after the instances, so workers start with the whole fleet
+            await self._start_workers(sock)
+            log.info("%d front-end worker processes share the port", self.workers)
+
+    def _listen(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.cfg.frontend.host, self.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+
+    async def _start_workers(self, sock: socket.socket) -> None:
+        """Worker processes sharing ``sock``; they follow the fleet through a snapshot file."""
+        self.fleet_path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.fleet.write_snapshot, self.fleet_path)
+        self.fleet.on_change = lambda _fleet: self._fleet_changed.set()
+        self._snapshot_task = asyncio.create_task(self._write_snapshots())
+        cfg_json = self.cfg.model_dump_json()
+        for _ in range(self.workers - 1):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "frontend.worker", "--config-json", cfg_json,
+                "--fleet", str(self.fleet_path), "--fd", str(sock.fileno()),
+                pass_fds=(sock.fileno(),), preexec_fn=die_with_parent,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            self._worker_procs.append(proc)
+
+    async def _write_snapshots(self) -> None:
+        while True:
+            await self._fleet_changed.wait()
+            self._fleet_changed.clear()
+            await asyncio.to_thread(self.fleet.write_snapshot, self.fleet_path)
 
     async def add_instance(self, weight: float | None = None) -> Instance:
         assert self.backend is not None
@@ -101,9 +143,14 @@ class LocalCluster:
                         self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, "health check failed")
 
     async def stop(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            await asyncio.gather(self._health_task, return_exceptions=True)
+        for task in (self._health_task, self._snapshot_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        for proc in self._worker_procs:
+            if proc.returncode is None:
+                proc.terminate()
+        await asyncio.gather(*(p.wait() for p in self._worker_procs))
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.before_stop()

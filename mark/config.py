@@ -5,6 +5,7 @@ Load with :func:`load_config` from YAML (or TOML by extension). Units are in fie
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -76,6 +77,17 @@ class FrontendConfig(_Strict):
     pool_size: int = Field(256, gt=0, description="max pooled upstream connections")
     timing_log_size: int = Field(100_000, gt=0, description="per-request timing records kept")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="front-end processes sharing the port; auto = the cores left to the front "
+        "end: cpu count minus the cores local instances use (instances x torch threads), at least 1",
+    )
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> FrontendConfig:
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 64:
+            raise ValueError(f"frontend.workers must be 1..64 or 'auto', got {self.workers}")
+        return self
 
 
 class MarkConfig(_Strict):
@@ -95,6 +107,14 @@ class MarkConfig(_Strict):
         if not self.models:
             raise ValueError("at least one model is needed")
         return self
+
+    def frontend_workers(self, cpu_count: int | None = None) -> int:
+        """The front-end worker count; ``auto`` leaves the local instances their cores."""
+        if self.frontend.workers != "auto":
+            return self.frontend.workers
+        cores = cpu_count or os.cpu_count() or 1
+        instance_cores = self.fleet.instances * max(m.torch_threads for m in self.models)
+        return max(1, cores - instance_cores)
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

@@ -42,7 +42,8 @@ _PR_SET_PDEATHSIG = 1
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # model.py imports our packages from here
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """``preexec_fn`` of children: own session, SIGKILL when the parent dies."""
     os.setsid()
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -125,7 +126,7 @@ class LocalBackend:
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._dist.env(pythonpath=[repo_root]),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         inst = Instance(
             id=iid,

@@ -1,0 +1,95 @@
+"""Extra front-end worker processes.
+
+The control plane (``mark up``) serves in its own process and, with ``frontend.workers`` > 1,
+starts ``workers - 1`` of these. All share one listening socket (inherited file descriptor),
+so the kernel spreads connections over them. Each worker follows the control plane's fleet
+through a snapshot file it rewrites atomically on every change (``runtime_dir/fleet.json``);
+that file is the seam a shared state store replaces later. A worker marks an instance that
+fails a request unhealthy for itself at once, as the control plane does.
+
+Run as ``python -m frontend.worker --config-json J --fleet F --fd N``; it dies with its parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+from frontend.app import FrontEnd, create_app
+from frontend.fleet import Fleet
+from frontend.upstream import Upstream
+from mark.backends.base import InstanceState
+from mark.config import MarkConfig
+from mark.errors import UpstreamError
+
+log = logging.getLogger("mark.worker")
+
+
+async def recheck_unhealthy(fleet: Fleet, upstream: Upstream, every_s: float) -> None:
+    """Bring instances this worker marked unhealthy back once their health check passes."""
+    while True:
+        await asyncio.sleep(every_s)
+        for inst in [i for i in fleet.instances.values() if i.state == InstanceState.UNHEALTHY]:
+            try:
+                ok = (await upstream.request("GET", f"{inst.url}/v2/health/ready")).status == 200
+            except UpstreamError:
+                ok = False
+            if ok and inst.extra.get("remote_state") == InstanceState.READY.value:
+                fleet.set_state(inst.id, InstanceState.READY, "health check passed")
+
+
+async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
+    """Apply the snapshot at ``path`` whenever it changes."""
+    seen = 0
+    while True:
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime != seen:
+                snap = json.loads(await asyncio.to_thread(path.read_text))
+                fleet.apply_snapshot(snap)
+                seen = mtime
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read fleet snapshot %s: %s", path, exc)
+        await asyncio.sleep(period_s)
+
+
+async def serve(cfg: MarkConfig, fleet_path: Path, fd: int) -> None:
+    fleet = Fleet([m.name for m in cfg.models])
+    upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
+                        cfg.frontend.upstream_timeout_s)
+    fleet.apply_snapshot(json.loads(await asyncio.to_thread(fleet_path.read_text)))
+    app = create_app(FrontEnd(cfg, fleet, upstream))
+    sock = socket.socket(fileno=fd)
+    server = await app.create_server(sock=sock, return_asyncio_server=True)
+    assert server is not None
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    checker = asyncio.create_task(recheck_unhealthy(fleet, upstream, cfg.fleet.health_interval_s))
+    try:
+        await follow(fleet, fleet_path)
+    finally:
+        checker.cancel()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config-json", required=True)
+    ap.add_argument("--fleet", required=True)
+    ap.add_argument("--fd", type=int, required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s worker-{os.getpid()}: %(message)s")
+    cfg = MarkConfig.model_validate_json(args.config_json)
+    import uvloop
+
+    uvloop.run(serve(cfg, Path(args.fleet), args.fd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Several front-end processes on one port, following the control plane's fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from frontend.fleet import Fleet
+from frontend.worker import follow
+from mark.backends.base import Instance, InstanceState, Market
+from mark.cluster import ClusterThread
+from mark.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+
+BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
+                               "data": [1.0] * 16}]}).encode()
+
+
+def _inst(iid: str, state: InstanceState = InstanceState.READY) -> Instance:
+    return Instance(id=iid, url=f"http://127.0.0.1:1/{iid}", instance_type="t",
+                    market=Market.SPOT, state=state, launched_at_s=1.0, capacity_rps=5.0,
+                    models=("m",))
+
+
+def test_auto_worker_count_leaves_instances_their_cores() -> None:
+    cfg = MarkConfig(fleet=FleetConfig(instances=2))  # minilm, 2 torch threads each
+    assert cfg.frontend_workers(cpu_count=2) == 1
+    assert cfg.frontend_workers(cpu_count=8) == 4
+    assert MarkConfig(frontend=FrontendConfig(workers=3)).frontend_workers(cpu_count=2) == 3
+
+
+async def test_worker_follows_snapshot_file(tmp_path: Path) -> None:
+    control, worker = Fleet(["m"]), Fleet(["m"])
+    path = tmp_path / "fleet.json"
+    control.upsert(_inst("a"))
+    control.write_snapshot(path)
+    task = asyncio.create_task(follow(worker, path, period_s=0.01))
+    await asyncio.sleep(0.05)
+    assert [i.id for i in worker.ready("m")] == ["a"]
+    assert worker.instances["a"].market == Market.SPOT
+    control.upsert(_inst("b"))
+    control.remove("a")
+    control.write_snapshot(path)
+    await asyncio.sleep(0.05)
+    assert [i.id for i in worker.ready("m")] == ["b"]
+    # a failure the worker saw itself is not undone by an unchanged snapshot
+    worker.set_state("b", InstanceState.UNHEALTHY)
+    control.upsert(_inst("c"))
+    control.write_snapshot(path)
+    await asyncio.sleep(0.05)
+    assert [i.id for i in worker.ready("m")] == ["c"]
+    task.cancel()
+
+
+def _cpu_ticks(pid: int) -> int:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
+    cfg = MarkConfig(models=[ModelConfig(name="identity", kind="identity")],
+                     fleet=FleetConfig(instances=1),
+                     frontend=FrontendConfig(port=0, workers=2),
+                     runtime_dir=tmp_path_factory.mktemp("workers"))
+    c = ClusterThread(cfg)
+    yield c
+    c.stop()
+
+
+@pytest.mark.triton
+def test_second_worker_serves_on_the_same_port(two_workers: ClusterThread) -> None:
+    (proc,) = two_workers.cluster._worker_procs
+    before = _cpu_ticks(proc.pid)
+
+    async def many() -> list[int]:
+        statuses = []
+        for _ in range(400):  # a new connection each time, so the kernel spreads them
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s, \
+                    s.post(f"{two_workers.url}/v2/models/identity/infer", data=BODY) as r:
+                statuses.append(r.status)
+        return statuses
+
+    assert set(asyncio.run(many())) == {200}
+    assert _cpu_ticks(proc.pid) - before >= 5, "the worker process served nothing"
+    assert proc.returncode is None and proc.pid != os.getpid()
