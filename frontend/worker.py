@@ -48,7 +48,7 @@ async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
     seen = 0
     while True:
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime = (await asyncio.to_thread(os.stat, path)).st_mtime_ns
             if mtime != seen:
                 snap = json.loads(await asyncio.to_thread(path.read_text))
                 fleet.apply_snapshot(snap)
