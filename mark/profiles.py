@@ -176,6 +176,18 @@ def parse_profile(raw: Any) -> Profile:
     return Profile(str(raw["model"]), instances, lam, str(raw.get("source", "")))
 
 
+def profile_from_measurements(
+    model: str, instance_type: str, batch_ms: dict[int, float], source: str = "measured",
+    max_batch: int | None = None,
+) -> Profile:
+    """A one-type profile from measured batch times (what ``mark profile`` writes)."""
+    raw = {"model": model, "source": source,
+           "instances": {instance_type: {"batch_ms": {str(b): float(t) for b, t in
+                                                     batch_ms.items()},
+                                         "max_batch": max_batch or max(batch_ms)}}}
+    return parse_profile(raw)
+
+
 def shipped_profiles() -> list[str]:
     """Names of the profiles shipped in ``mark/data/profiles``."""
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))

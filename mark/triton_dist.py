@@ -40,6 +40,10 @@ class TritonDist:
         # the stub embeds Python; with this interpreter's bin first on PATH it resolves the
         # same prefix (and so the same site-packages) as the parent, as pytriton does
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        # torch's OpenMP threads spin while waiting by default; next to the front end and the
+        # load on a small host that spinning starves the other thread of a batch (measured
+        # here: 22 req/s spinning vs 84 req/s passive for MiniLM at concurrency 16)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
 
