@@ -1,0 +1,134 @@
+"""The forecaster plug point and its registry.
+
+A forecaster sees a load series one step at a time and forecasts the next steps::
+
+    f = make_forecaster("holt-winters", season=1440)
+    f.observe(rates[:2880])        # history, one value per step, oldest first
+    fc = f.forecast(10)            # fc.mean[k-1], fc.upper[k-1]: k steps after the last value
+    f.observe([next_rate])         # then one value per step as time moves on
+
+Contract of :class:`Forecaster`:
+
+- ``observe(values)`` appends observations, one per step, in the unit the caller chooses
+  (requests per second in mark). ``NaN`` marks a missing step. Short runs of exact zeros
+  are treated as missing too (collection gaps; see :class:`predictor.core.History`).
+- ``forecast(h)`` returns :class:`Forecast` arrays of length ``h`` in the same unit:
+  the expected value and an upper quantile (``quantile``, 0.95 by default) per step, with
+  ``0 <= mean <= upper``. It never changes what was observed; before any observation it
+  forecasts zeros.
+- Cost: one ``observe`` of one value plus one ``forecast`` stays under 100 ms (model refits
+  are periodic and on a bounded window).
+- ``name`` is the registry name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from mark.errors import ConfigError
+
+_BUILTIN_MODULES = ("predictor.simple", "predictor.holt_winters", "predictor.sarimax")
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Per-step forecasts for steps 1..h after the last observation.
+
+    Attributes:
+        mean: expected value per step (float64, length h).
+        upper: upper ``quantile`` of the value per step (float64, length h, >= mean).
+        quantile: the probability level of ``upper``.
+    """
+
+    mean: np.ndarray
+    upper: np.ndarray
+    quantile: float = 0.95
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.mean).size)
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """Anything that can be fed a series step by step and forecast it; see the module doc."""
+
+    name: str
+
+    def observe(self, values: Sequence[float] | np.ndarray) -> None:
+        """Append observations, one per step, oldest first."""
+        ...
+
+    def forecast(self, h: int) -> Forecast:
+        """Expected value and upper quantile for each of the next ``h`` steps."""
+        ...
+
+
+FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register_forecaster(name: str) -> Callable[[FactoryT], FactoryT]:
+    """Class decorator (or factory decorator) adding a forecaster under ``name``.
+
+    A decorated class gets ``name`` as its class attribute. Registering a name twice with
+    different factories is an error.
+    """
+
+    def decorate(factory: FactoryT) -> FactoryT:
+        previous = _REGISTRY.get(name)
+        if previous is not None and previous is not factory:
+            raise ValueError(f"forecaster {name!r} is already registered ({previous!r})")
+        if isinstance(factory, type):
+            factory.name = name  # type: ignore[attr-defined]
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def available_forecasters() -> list[str]:
+    """Registered forecaster names, sorted."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def _factory(name: str) -> Callable[..., Any]:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown forecaster {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def forecaster_parameters(name: str) -> tuple[str, ...]:
+    """Keyword arguments the named forecaster's constructor accepts."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def make_forecaster(name: str, **kwargs: Any) -> Forecaster:
+    """A new forecaster by registry name; unknown names and arguments raise ``ConfigError``."""
+    factory = _factory(name)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        accepted = ", ".join(forecaster_parameters(name))
+        raise ConfigError(f"forecaster {name!r}: {exc}; it accepts: {accepted}") from None
+    try:
+        forecaster: Forecaster = factory(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"forecaster {name!r}: {exc}") from exc
+    return forecaster
