@@ -81,7 +81,8 @@ def main() -> None:
                     c0 = cpu_s(proc.pid)
                     r = asyncio.run(drive(url, model, conc, args.duration))
                     cpu = cpu_s(proc.pid) - c0
-                    per_req = cpu * 1000 / r.pop("requests") if target == "frontend" else 0.0
+                    n = r.pop("requests")
+                    per_req = cpu * 1000 / n if target == "frontend" else 0.0
                     rows.append({"model": model, "concurrency": conc, "target": target, **r,
                                  "frontend_cpu_ms_per_request": per_req})
         finally:
