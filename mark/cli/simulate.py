@@ -1,0 +1,104 @@
+"""``mark simulate``: run a provisioning policy over a trace on a virtual clock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mark.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    import provisioner  # noqa: F401  (fills the registry)
+    from provisioner.base import POLICIES
+
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate",
+        help="run a policy over a trace in the simulator",
+        description="Replay a trace (requests per second) against a provisioning policy on a "
+        "virtual clock; report latency percentiles, SLO attainment, cost and spill share.",
+    )
+    p.add_argument("--trace", required=True, help="trace file (text/CSV, .gz accepted)")
+    p.add_argument("--policy", default="mark", help=f"one of: {', '.join(sorted(POLICIES))}")
+    p.add_argument("--spot", action="store_true", help="allow spot instances")
+    p.add_argument("--slo-ms", type=float, default=200.0, help="latency bound (ms)")
+    p.add_argument("--slo-percentile", type=float, default=98.0,
+                   help="percent of requests that must meet the bound")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the trace's counts")
+    p.add_argument("--start-s", type=int, default=0, help="simulate from this second")
+    p.add_argument("--duration-s", type=int, default=None, help="simulate this many seconds")
+    p.add_argument("--profile", default="minilm",
+                   help="model profile: a shipped name or a JSON file")
+    p.add_argument("--catalogue", default=None, help="catalogue JSON (default: shipped)")
+    p.add_argument("--types", default=None,
+                   help="comma-separated instance types to use (default: all profiled)")
+    p.add_argument("--no-ml-premium", action="store_true",
+                   help="bill the SageMaker baseline at EC2 prices instead of ml.*")
+    p.add_argument("--spot-interruption-scale", type=float, default=1.0,
+                   help="multiply the catalogue's spot interruption rates (stress test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", dest="json_path", default=None, help="write results here")
+    p.add_argument("--plot", default=None, help="write a PNG timeline here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mark.catalogue import load_catalogue
+    from mark.sim.simulator import simulate
+    from mark.workload.traces import load_trace
+    from provisioner.base import POLICIES, Slo
+
+    if args.policy not in POLICIES:
+        raise ConfigError(f"unknown policy {args.policy!r}; registered: {sorted(POLICIES)}")
+    if args.scale <= 0:
+        raise ConfigError(f"--scale must be > 0, got {args.scale}")
+    if not Path(args.trace).exists():
+        raise ConfigError(f"trace file not found: {args.trace}")
+    trace = load_trace(args.trace)
+    end = None if args.duration_s is None else args.start_s + args.duration_s
+    if args.start_s or end is not None:
+        try:
+            trace = trace.slice(args.start_s, end)
+        except ValueError as exc:
+            raise ConfigError(f"--start-s/--duration-s: {exc}") from exc
+    types = tuple(t.strip() for t in args.types.split(",")) if args.types else None
+    res = simulate(
+        trace,
+        args.policy,
+        profile=args.profile,
+        catalogue=load_catalogue(args.catalogue),
+        slo=Slo(args.slo_ms, args.slo_percentile),
+        spot=args.spot,
+        scale=args.scale,
+        seed=args.seed,
+        types=types,
+        ml_premium=not args.no_ml_premium,
+        spot_interruption_scale=args.spot_interruption_scale,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        timeline=args.plot is not None,
+    )
+    doc = res.to_json()
+    doc["trace"] = {"file": str(args.trace), "scale": args.scale,
+                    "seconds": int(trace.duration_s)}
+    lat = doc["latency_ms"]
+    print(
+        f"{res.policy}: {res.requests} requests, SLO attainment {res.slo_attainment:.4%} "
+        f"(bound {args.slo_ms:g} ms at p{args.slo_percentile:g}), "
+        f"p50/p98/p99 {lat['p50']}/{lat['p98']}/{lat['p99']} ms, "
+        f"cost ${res.cost_usd['total']:.4f} (on-demand {res.cost_usd['on_demand']:.4f}, "
+        f"spot {res.cost_usd['spot']:.4f}, faas {res.cost_usd['faas']:.4f}), "
+        f"${res.cost_per_million_usd:.4f}/M, spill {res.spill_share:.2%}, "
+        f"{res.wall_seconds:.1f} s wall"
+    )
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.plot:
+        from mark.sim.plot import plot_timeline
+
+        plot_timeline(res, args.plot)
+    return 0

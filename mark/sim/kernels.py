@@ -1,0 +1,245 @@
+"""The request hot path: compiled per-request recurrences (numba ``njit``).
+
+How it is made fast: the discrete-event core (``core.py``) only sees control events (policy
+ticks, launches becoming ready, spot notices, terminations), a few thousand per simulated
+day. Requests never become events. Between two control events the fleet is fixed, so all
+requests of that segment are served by one call of :func:`serve_segment`, a single pass in
+arrival order over float64/int32 arrays that applies, per request, the Triton
+dynamic-batcher recurrence of its instance and the spill test. Instance state (busy-until,
+the open batch) lives in arrays indexed by instance slot and carries over between segments.
+Spilled requests are then served in one pass by :func:`serve_faas` (buffer + container
+pool with cold starts, keep-alive, a concurrency limit and per-ms billing). Both passes
+are O(n) (the FaaS pool adds O(log containers)) and compile once per process (cached).
+
+Dynamic-batcher semantics (Triton, one model instance per server): a batch opens with its
+first request at ``a0`` and is dispatched at ``max(busy_until, a0 + max_queue_delay)``, or
+as soon as it holds ``max_batch`` requests and the server is free; requests arriving before
+dispatch join it. Its members all finish at ``dispatch + service[batch size]``.
+
+Spill test: a request whose predicted completion (server backlog, batch in flight, the
+batch it would join, profile) exceeds its instance's wait budget, or would push the oldest
+member of that batch past the budget, goes to FaaS instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# state columns of the per-instance float array
+BUSY = 0  # time the server finishes everything dispatched so far
+A0 = 1  # arrival of the oldest request in the open batch
+N_FSTATE = 2
+# int state columns
+CNT = 0  # requests in the open batch (0: none)
+BID = 1  # global id of the open batch
+N_ISTATE = 2
+
+
+@njit(cache=True, nogil=True)
+def serve_segment(
+    arr: np.ndarray,  # float64 arrival times of this segment, sorted
+    assign: np.ndarray,  # int32 instance slot per request (-1: no instance, spill)
+    svc: np.ndarray,  # float64 [slots, max_batch+1] service seconds by batch size
+    max_batch: np.ndarray,  # int32 [slots]
+    delay: np.ndarray,  # float64 [slots] max queue delay, seconds
+    budget: np.ndarray,  # float64 [slots] wait budget (predicted latency bound), seconds
+    fstate: np.ndarray,  # float64 [slots, N_FSTATE]
+    istate: np.ndarray,  # int64 [slots, N_ISTATE]
+    batch_done: np.ndarray,  # float64 [>= n_batches] completion time per global batch id
+    batch_size: np.ndarray,  # int32 per batch id
+    next_bid: int,  # next free global batch id
+    out_bid: np.ndarray,  # int64 per request: batch id, or -1 when spilled
+    busy_acc: np.ndarray,  # float64 [slots] busy seconds accumulated (utilisation)
+) -> int:
+    n = arr.shape[0]
+    for i in range(n):
+        t = arr[i]
+        k = assign[i]
+        if k < 0:
+            out_bid[i] = -1
+            continue
+        busy = fstate[k, BUSY]
+        cnt = istate[k, CNT]
+        mb = max_batch[k]
+        d = delay[k]
+        # close the open batch if its dispatch time has passed
+        if cnt > 0:
+            disp = max(busy, fstate[k, A0] + d)
+            if t >= disp:
+                bid = istate[k, BID]
+                s = svc[k, cnt]
+                batch_done[bid] = disp + s
+                batch_size[bid] = cnt
+                busy_acc[k] += s
+                busy = disp + s
+                fstate[k, BUSY] = busy
+                cnt = 0
+                istate[k, CNT] = 0
+        if cnt > 0:
+            a0 = fstate[k, A0]
+            done = max(busy, t) + svc[k, cnt + 1] if cnt + 1 == mb else max(busy, a0 + d) + svc[k, cnt + 1]
+            if done - a0 > budget[k]:
+                out_bid[i] = -1
+                continue
+            bid = istate[k, BID]
+            out_bid[i] = bid
+            cnt += 1
+            if cnt == mb:
+                disp = max(busy, t)
+                s = svc[k, cnt]
+                batch_done[bid] = disp + s
+                batch_size[bid] = cnt
+                busy_acc[k] += s
+                fstate[k, BUSY] = disp + s
+                istate[k, CNT] = 0
+            else:
+                istate[k, CNT] = cnt
+        else:
+            done = max(busy, t + d) + svc[k, 1]
+            if mb == 1:
+                done = max(busy, t) + svc[k, 1]
+            if done - t > budget[k]:
+                out_bid[i] = -1
+                continue
+            bid = next_bid
+            next_bid += 1
+            out_bid[i] = bid
+            if mb == 1:
+                disp = max(busy, t)
+                s = svc[k, 1]
+                batch_done[bid] = disp + s
+                batch_size[bid] = 1
+                busy_acc[k] += s
+                fstate[k, BUSY] = disp + s
+            else:
+                fstate[k, A0] = t
+                istate[k, CNT] = 1
+                istate[k, BID] = bid
+    return next_bid
+
+
+@njit(cache=True, nogil=True)
+def flush_instance(
+    k: int,
+    svc: np.ndarray,
+    delay: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    batch_done: np.ndarray,
+    batch_size: np.ndarray,
+    busy_acc: np.ndarray,
+) -> float:
+    """Dispatch instance ``k``'s open batch (it receives nothing more); returns busy-until."""
+    cnt = istate[k, CNT]
+    if cnt > 0:
+        disp = max(fstate[k, BUSY], fstate[k, A0] + delay[k])
+        s = svc[k, cnt]
+        bid = istate[k, BID]
+        batch_done[bid] = disp + s
+        batch_size[bid] = cnt
+        busy_acc[k] += s
+        fstate[k, BUSY] = disp + s
+        istate[k, CNT] = 0
+    return fstate[k, BUSY]
+
+
+@njit(cache=True, nogil=True)
+def _heap_push(h: np.ndarray, n: int, v: float) -> int:
+    i = n
+    h[i] = v
+    while i > 0:
+        p = (i - 1) >> 1
+        if h[p] <= h[i]:
+            break
+        h[p], h[i] = h[i], h[p]
+        i = p
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
+def _heap_pop(h: np.ndarray, n: int) -> int:
+    n -= 1
+    h[0] = h[n]
+    i = 0
+    while True:
+        lft = 2 * i + 1
+        if lft >= n:
+            break
+        c = lft
+        if lft + 1 < n and h[lft + 1] < h[lft]:
+            c = lft + 1
+        if h[i] <= h[c]:
+            break
+        h[i], h[c] = h[c], h[i]
+        i = c
+    return n
+
+
+@njit(cache=True, nogil=True)
+def serve_faas(
+    arr: np.ndarray,  # float64 arrival times of spilled requests, sorted
+    param_step_s: float,  # the FaaS parameters below change every param_step_s seconds
+    p_batch: np.ndarray,  # int32 per parameter step: buffer releases at this size
+    p_timeout: np.ndarray,  # float64 per step: ... or when its oldest waited this long
+    p_mem: np.ndarray,  # int32 per step: index into mem_mb / svc rows
+    mem_mb: np.ndarray,  # float64 memory sizes
+    svc: np.ndarray,  # float64 [n_mem, max_batch+1] service seconds
+    cold_s: float,
+    keep_alive_s: float,
+    limit: int,
+    init_billed: bool,
+    gran_ms: float,
+    out_lat: np.ndarray,  # float64 latency per request
+    out_stats: np.ndarray,  # float64 [5]: mb_ms billed, invocations, cold starts, throttled, max conc
+) -> None:
+    n = arr.shape[0]
+    heap = np.empty(limit + 1, dtype=np.float64)  # busy-until per live container
+    hn = 0
+    alive = 0
+    i = 0
+    nsteps = p_batch.shape[0]
+    while i < n:
+        a0 = arr[i]
+        st = min(int(a0 / param_step_s), nsteps - 1)
+        b = p_batch[st]
+        tmo = p_timeout[st]
+        m = p_mem[st]
+        # members: i .. j-1 ; release at size b or a0 + timeout
+        j = i + 1
+        while j < n and j - i < b and arr[j] <= a0 + tmo:
+            j += 1
+        k = j - i
+        disp = arr[j - 1] if k == b else a0 + tmo
+        # containers idle past keep-alive are gone
+        while hn > 0 and heap[0] + keep_alive_s < disp:
+            hn = _heap_pop(heap, hn)
+            alive -= 1
+        if hn > 0 and heap[0] <= disp:
+            start = disp
+            hn = _heap_pop(heap, hn)
+            init = 0.0
+        elif alive < limit:
+            alive += 1
+            start = disp + cold_s
+            init = cold_s
+            out_stats[2] += 1.0
+        else:
+            start = heap[0]
+            hn = _heap_pop(heap, hn)
+            init = 0.0
+            out_stats[3] += 1.0
+        s = svc[m, k]
+        end = start + s
+        hn = _heap_push(heap, hn, end)
+        if alive > out_stats[4]:
+            out_stats[4] = alive
+        billed = s + (init if init_billed else 0.0)
+        units = np.ceil(billed * 1000.0 / gran_ms - 1e-9)
+        if units < 1.0:
+            units = 1.0
+        out_stats[0] += units * gran_ms * mem_mb[m]
+        out_stats[1] += 1.0
+        for q in range(i, j):
+            out_lat[q] = end - arr[q]
+        i = j

@@ -1,0 +1,170 @@
+"""Results of a simulation: latencies, SLO attainment, cost by market, spill share, timeline.
+
+``SimResult.to_json()`` is the ``mark simulate --json`` document::
+
+    {"policy", "requests", "slo_attainment", "latency_ms": {"p50", "p98", "p99"},
+     "cost_usd": {"total", "on_demand", "spot", "faas"}, "cost_per_million_usd",
+     "spill_share", "wall_seconds", ...extra counters}
+
+Requests that found no instance under a policy without spill count as failed: infinite
+latency, never within the SLO.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mark.billing import instance_cost_usd
+from mark.sim import kernels
+
+if TYPE_CHECKING:
+    from mark.sim.simulator import World
+
+
+@dataclass
+class SimResult:
+    policy: str
+    requests: int
+    slo_attainment: float
+    latency_ms: dict[str, float]
+    cost_usd: dict[str, float]
+    cost_per_million_usd: float
+    spill_share: float
+    wall_seconds: float
+    latencies_s: np.ndarray = field(repr=False)
+    spilled: np.ndarray = field(repr=False)
+    slo_ms: float = 0.0
+    timeline: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(x: float) -> float | None:
+            return None if not math.isfinite(x) else round(x, 6)
+
+        return {
+            "policy": self.policy,
+            "requests": self.requests,
+            "slo_attainment": round(self.slo_attainment, 6),
+            "latency_ms": {k: clean(v) for k, v in self.latency_ms.items()},
+            "cost_usd": {k: round(v, 6) for k, v in self.cost_usd.items()},
+            "cost_per_million_usd": clean(self.cost_per_million_usd),
+            "spill_share": round(self.spill_share, 6),
+            "wall_seconds": round(self.wall_seconds, 3),
+            **self.extra,
+        }
+
+
+def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Serve spilled requests on Lambda; returns latencies, cost and counters."""
+    lat = np.zeros(spilled_idx.size)
+    if spilled_idx.size == 0 or not world.faas_changes:
+        return lat, 0.0, {}
+    spec = world.cat.lambda_
+    prof = world.ctx.profile.lambda_
+    if prof is None:
+        from mark.errors import ConfigError
+
+        raise ConfigError(f"profile {world.ctx.profile.model!r} has no 'lambda' section")
+    mems = sorted({int(m) for m in spec.memory_mb} | {f.memory_mb for _, f in world.faas_changes})
+    mb = prof.points.max_batch
+    svc = np.zeros((len(mems), mb + 1))
+    for r, m in enumerate(mems):
+        for b in range(1, mb + 1):
+            svc[r, b] = prof.service_s(m, b, spec.mb_per_vcpu, spec.max_vcpu)
+    step = world.policy.interval_s
+    nsteps = max(1, math.ceil(world.counts.size / step))
+    pb = np.ones(nsteps, dtype=np.int32)
+    pt = np.zeros(nsteps)
+    pm = np.zeros(nsteps, dtype=np.int32)
+    for t, f in world.faas_changes:
+        k = min(int(t // step), nsteps - 1)
+        pb[k:] = min(f.batch, mb)
+        pt[k:] = f.timeout_s
+        pm[k:] = mems.index(f.memory_mb)
+    stats = np.zeros(5)
+    kernels.serve_faas(
+        np.ascontiguousarray(world.arr[spilled_idx]), float(step), pb, pt, pm,
+        np.array(mems, dtype=np.float64), svc, spec.cold_start_s, spec.keep_alive_s,
+        spec.concurrency_limit, spec.init_billed, spec.billing_granularity_ms, lat, stats,
+    )
+    cost = stats[0] / 1000.0 / 1024.0 * spec.usd_per_gb_s + stats[1] * spec.usd_per_request
+    return lat, float(cost), {"faas_invocations": int(stats[1]), "faas_cold_starts": int(stats[2]),
+                              "faas_throttled": int(stats[3]), "faas_max_concurrency": int(stats[4])}
+
+
+def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> SimResult:
+    import time
+
+    t0 = time.perf_counter()
+    arr = world.arr
+    n = arr.size
+    bid = world.out_bid
+    lat = np.empty(n)
+    iaas = bid >= 0
+    lat[iaas] = world.batch_done[bid[iaas]] - arr[iaas]
+    spilled = ~iaas & ~world.failed
+    sp_idx = np.flatnonzero(spilled)
+    flat, faas_cost, faas_stats = _faas(world, sp_idx)
+    lat[sp_idx] = flat
+    lat[world.failed] = np.inf
+    slo = world.ctx.slo
+    att = float(np.mean(lat <= slo.latency_s)) if n else 1.0
+    if n:
+        q = np.percentile(lat, [50, 98, 99])
+        lat_ms = {"p50": q[0] * 1000, "p98": q[1] * 1000, "p99": q[2] * 1000}
+    else:
+        lat_ms = {"p50": 0.0, "p98": 0.0, "p99": 0.0}
+    od = spot = 0.0
+    for inst in world.insts:
+        price = world.ctx.price_usd_per_h(inst.instance_type, inst.market) * world.billing_factor
+        c = instance_cost_usd(price, inst.ended_at_s - inst.launched_at_s,
+                              world.cat.billing_minimum_s, world.cat.billing_granularity_s)
+        if inst.market == "spot":
+            spot += c
+        else:
+            od += c
+    total = od + spot + faas_cost
+    extra: dict[str, Any] = {
+        "launches": world.n_launches,
+        "spot_interruptions": world.n_interruptions,
+        "failed": int(world.failed.sum()),
+        "slo_ms": slo.latency_ms,
+        "slo_percentile": slo.percentile,
+        "billing_factor": world.billing_factor,
+        **faas_stats,
+    }
+    bound = getattr(world.policy, "bound_usd", None)
+    if bound is not None and math.isfinite(bound):
+        extra["oracle_bound_usd"] = round(float(bound), 6)
+    tl: dict[str, np.ndarray] = {}
+    if timeline:
+        tl = _timeline(world, lat, spilled)
+    return SimResult(
+        policy=name, requests=n, slo_attainment=att, latency_ms=lat_ms,
+        cost_usd={"total": total, "on_demand": od, "spot": spot, "faas": faas_cost},
+        cost_per_million_usd=total / n * 1e6 if n else math.nan,
+        spill_share=float(spilled.mean()) if n else 0.0,
+        wall_seconds=wall_s_so_far + (time.perf_counter() - t0),
+        latencies_s=lat, spilled=spilled, slo_ms=slo.latency_ms, timeline=tl, extra=extra,
+    )
+
+
+def _timeline(world: World, lat: np.ndarray, spilled: np.ndarray) -> dict[str, np.ndarray]:
+    step = world.policy.interval_s
+    nsteps = max(1, math.ceil(world.counts.size / step))
+    edges = np.searchsorted(world.arr, np.arange(nsteps + 1) * step)
+    p99 = np.full(nsteps, np.nan)
+    for k in range(nsteps):
+        seg = lat[edges[k] : edges[k + 1]]
+        if seg.size:
+            p99[k] = np.percentile(seg, 99) * 1000
+    per = np.diff(edges).astype(np.float64) / step
+    bins = np.minimum((world.arr // step).astype(np.int64), nsteps - 1)
+    sp = np.bincount(bins[spilled], minlength=nsteps)[:nsteps] / step
+    tl = {k: np.asarray(v) for k, v in world.timeline.items()}
+    return {"step_t_s": np.arange(nsteps) * step, "rate_rps": per, "faas_rps": sp,
+            "p99_ms": p99, **tl}

@@ -1,0 +1,74 @@
+"""Provisioning policies: MArk's greedy provisioner, batching and spill rules, baselines, oracle.
+
+Policies are pure objects over a :class:`Snapshot` (see :mod:`provisioner.base`); the live
+control loop and the simulator (:func:`mark.sim.simulate`) call the same objects.
+Build one by name with :func:`make_policy`.
+"""
+
+from provisioner.base import (
+    MARKETS,
+    ON_DEMAND,
+    POLICIES,
+    SPOT,
+    BatchConfig,
+    Decision,
+    FaasConfig,
+    InstanceView,
+    LaunchOrder,
+    PolicyContext,
+    ProvisioningPolicy,
+    ServingPlan,
+    Slo,
+    Snapshot,
+    TypeServing,
+    make_policy,
+    register_policy,
+)
+from provisioner.baselines import BatchAdaptive, LambdaOnly, MArkReleased, SageMakerTargetTracking
+from provisioner.batching import choose_batching
+from provisioner.capacity import capacity_rps, default_serving_plan, latency_quantile
+from provisioner.faas_batching import choose_faas_config, expected_batch
+from provisioner.forecast import PeakForecast, RecentPeak, TrendPeak, make_peak_forecast
+from provisioner.greedy import GreedyState, MArkGreedy, greedy_plan
+from provisioner.oracle import Oracle
+from provisioner.spill import SpillPolicy, predict_latency_s
+
+__all__ = [
+    "MARKETS",
+    "ON_DEMAND",
+    "POLICIES",
+    "SPOT",
+    "BatchAdaptive",
+    "BatchConfig",
+    "Decision",
+    "FaasConfig",
+    "GreedyState",
+    "InstanceView",
+    "LambdaOnly",
+    "LaunchOrder",
+    "MArkGreedy",
+    "MArkReleased",
+    "Oracle",
+    "PeakForecast",
+    "PolicyContext",
+    "ProvisioningPolicy",
+    "RecentPeak",
+    "SageMakerTargetTracking",
+    "ServingPlan",
+    "Slo",
+    "Snapshot",
+    "SpillPolicy",
+    "TrendPeak",
+    "TypeServing",
+    "capacity_rps",
+    "choose_batching",
+    "choose_faas_config",
+    "default_serving_plan",
+    "expected_batch",
+    "greedy_plan",
+    "latency_quantile",
+    "make_peak_forecast",
+    "make_policy",
+    "predict_latency_s",
+    "register_policy",
+]

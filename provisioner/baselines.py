@@ -1,0 +1,218 @@
+"""Baselines mark is measured against, each a policy like any other.
+
+- ``sagemaker``: SageMaker-style reactive target tracking on invocations per instance
+  (Application Auto Scaling semantics: scale out when the last ``out_datapoints`` one-minute
+  values exceed the target, scale in after ``in_datapoints`` below 90% of it, cooldowns),
+  one instance type, minutes to provision (``provision_s``, 5 minutes: endpoint updates
+  take several minutes, against 2 for a bare EC2 instance), optional 2x over-provisioning
+  (target at half the capacity), no spill: what instances cannot serve queues. Billed at ml.* prices when
+  ``ml_premium`` (the catalogue's SageMaker factor, ~1.4x EC2).
+- ``lambda``: every request is one Lambda invocation (memory chosen cheapest under the SLO).
+- ``batch``: BATCH, Lambda only with an adaptive buffer; (B, T, memory) re-chosen every
+  interval for the rate of the last interval.
+- ``mark-released``: MArk as released: a fixed fleet for 1.2x the all-time peak (the trace's
+  when given, else the peak seen so far), packed greedily, no spill, prediction unused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from provisioner.base import (
+    ON_DEMAND,
+    Decision,
+    FaasConfig,
+    LaunchOrder,
+    PolicyContext,
+    ServingPlan,
+    Snapshot,
+    register_policy,
+)
+from provisioner.faas_batching import choose_faas_config
+from provisioner.greedy import Candidate, greedy_plan
+
+
+@dataclass(frozen=True)
+class TrackingState:
+    last_out_s: float = -math.inf
+    last_in_s: float = -math.inf
+    sent_plan: bool = False
+
+
+@register_policy("sagemaker")
+class SageMakerTargetTracking:
+    name = "sagemaker"
+    instant_launch = False
+
+    def __init__(
+        self,
+        ctx: PolicyContext,
+        instance_type: str | None = None,
+        overprovision: float = 2.0,
+        interval_s: float = 60.0,
+        out_datapoints: int = 3,
+        in_datapoints: int = 15,
+        out_cooldown_s: float = 300.0,
+        in_cooldown_s: float = 300.0,
+        ml_premium: bool = True,
+        min_instances: int = 1,
+        provision_s: float = 300.0,
+    ) -> None:
+        self.ctx = ctx
+        plan = ctx.serving
+        if instance_type is None:  # cheapest CPU type per request at full load, on demand
+            cpu = [t for t in plan.types if not ctx.catalogue.instance(t).is_gpu] or list(plan.types)
+            instance_type = min(
+                cpu, key=lambda t: ctx.price_usd_per_h(t, ON_DEMAND) / plan.types[t].capacity_rps
+            )
+        self.instance_type = instance_type
+        self.capacity_rps = plan.types[instance_type].capacity_rps
+        self.target_rps = self.capacity_rps / overprovision  # invocations/s per instance
+        self.interval_s = interval_s
+        self.out_n, self.in_n = out_datapoints, in_datapoints
+        self.out_cd, self.in_cd = out_cooldown_s, in_cooldown_s
+        self.price_factor = ctx.catalogue.sagemaker_premium if ml_premium else 1.0
+        self.min_instances = min_instances
+        self.provision_s = provision_s
+        self.serving = ServingPlan({instance_type: plan.types[instance_type]}, plan.faas,
+                                   spill=False)
+
+    def order(self) -> LaunchOrder:
+        return LaunchOrder(self.instance_type, ON_DEMAND, self.provision_s)
+
+    def initial_state(self) -> TrackingState:
+        return TrackingState()
+
+    def decide(self, snap: Snapshot, state: TrackingState) -> tuple[Decision, TrackingState]:
+        now = snap.now_s
+        live = [i for i in snap.fleet if i.state != "notice"]
+        n = len(live)
+        ready = max(sum(1 for i in live if i.state == "ready"), 1)
+        c = snap.counts.astype(np.float64)
+        minute_rates = [c[max(0, c.size - 60 * (k + 1)) : c.size - 60 * k].mean()
+                        if c.size > 60 * k else 0.0 for k in range(max(self.out_n, self.in_n))]
+        per_inst = [r / ready for r in minute_rates]
+        launch: tuple[LaunchOrder, ...] = ()
+        terminate: tuple[str, ...] = ()
+        desired = max(self.min_instances, math.ceil(minute_rates[0] / self.target_rps))
+        if n < self.min_instances:
+            launch = (self.order(),) * (self.min_instances - n)
+        elif (all(p > self.target_rps for p in per_inst[: self.out_n])
+              and now - state.last_out_s >= self.out_cd and desired > n):
+            launch = (self.order(),) * (desired - n)
+            state = replace(state, last_out_s=now)
+        elif (all(p < 0.9 * self.target_rps for p in per_inst[: self.in_n])
+              and now - state.last_in_s >= self.in_cd and now - state.last_out_s >= self.in_cd
+              and desired < n):
+            victims = sorted(live, key=lambda i: (i.state == "ready", -i.launched_at_s))
+            terminate = tuple(i.id for i in victims[: n - desired])
+            state = replace(state, last_in_s=now)
+        dec = Decision(launch, terminate, None if state.sent_plan else self.serving,
+                       {"forecast_rps": minute_rates[0], "planned_rps": n * self.capacity_rps})
+        return dec, replace(state, sent_plan=True)
+
+
+@dataclass(frozen=True)
+class FaasState:
+    sent_plan: bool = False
+
+
+@register_policy("lambda")
+class LambdaOnly:
+    """Every request is one invocation; memory is the cheapest meeting the SLO."""
+
+    name = "lambda"
+    instant_launch = False
+
+    def __init__(self, ctx: PolicyContext, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        faas = choose_faas_config(ctx, 1.0, batches=(1,), timeouts_s=(0.0,))
+        self.serving = ServingPlan({}, faas, spill=True)
+
+    def initial_state(self) -> FaasState:
+        return FaasState()
+
+    def decide(self, snap: Snapshot, state: FaasState) -> tuple[Decision, FaasState]:
+        return Decision(serving=None if state.sent_plan else self.serving), FaasState(True)
+
+
+@register_policy("batch")
+class BatchAdaptive:
+    """BATCH: Lambda with a buffer whose (B, T, memory) follow the last interval's rate."""
+
+    name = "batch"
+    instant_launch = False
+
+    def __init__(self, ctx: PolicyContext, interval_s: float = 60.0) -> None:
+        self.ctx = ctx
+        self.interval_s = interval_s
+        self._configs: dict[int, FaasConfig] = {}  # by rate bucket (5% wide): pure memo
+
+    def initial_state(self) -> FaasState:
+        return FaasState()
+
+    def config_for(self, rate_rps: float) -> FaasConfig:
+        key = round(math.log(max(rate_rps, 1e-3)) * 20)
+        if key not in self._configs:
+            self._configs[key] = choose_faas_config(self.ctx, math.exp(key / 20))
+        return self._configs[key]
+
+    def decide(self, snap: Snapshot, state: FaasState) -> tuple[Decision, FaasState]:
+        w = snap.counts[-int(self.interval_s):]
+        rate = float(w.mean()) if w.size else 0.0
+        faas = self.config_for(rate)
+        return Decision(serving=ServingPlan({}, faas, spill=True),
+                        info={"forecast_rps": rate}), FaasState(True)
+
+
+@dataclass(frozen=True)
+class ReleasedState:
+    provisioned_for_rps: float = 0.0
+    sent_plan: bool = False
+
+
+@register_policy("mark-released")
+class MArkReleased:
+    """Fixed fleet for ``factor`` x the all-time peak, cheapest per request, no spill."""
+
+    name = "mark-released"
+    instant_launch = False
+
+    def __init__(self, ctx: PolicyContext, factor: float = 1.2, interval_s: float = 60.0,
+                 peak_rps: float | None = None) -> None:
+        self.ctx = ctx
+        self.factor = factor
+        self.interval_s = interval_s
+        if peak_rps is None and ctx.trace_counts is not None:
+            peak_rps = float(np.max(ctx.trace_counts)) if ctx.trace_counts.size else 0.0
+        self.peak_rps = peak_rps
+        base = ctx.serving
+        self.serving = ServingPlan(base.types, base.faas, spill=False)
+
+    def initial_state(self) -> ReleasedState:
+        return ReleasedState()
+
+    def decide(self, snap: Snapshot, state: ReleasedState) -> tuple[Decision, ReleasedState]:
+        seen = float(snap.counts.max()) if snap.counts.size else 0.0
+        peak = max(self.peak_rps or 0.0, seen)
+        target = self.factor * peak
+        launch: tuple[LaunchOrder, ...] = ()
+        if target > state.provisioned_for_rps * 1.0001:
+            have = sum(self.serving.types[i.instance_type].capacity_rps for i in snap.fleet
+                       if i.state != "notice" and i.instance_type in self.serving.types)
+            cands = [
+                Candidate(f"{t}/{m}", t, m, ts.capacity_rps, self.ctx.price_usd_per_h(t, m),
+                          0.0, 0, False)
+                for t, ts in self.serving.types.items() for m in self.ctx.markets
+            ]
+            chosen = greedy_plan(np.array([max(target - have, 0.0)]), cands, self.interval_s)
+            launch = tuple(LaunchOrder(c.instance_type, c.market) for c in chosen)
+        # replace reclaimed spot capacity
+        dec = Decision(launch, (), None if state.sent_plan else self.serving,
+                       {"forecast_rps": target, "planned_rps": target})
+        lost = any(i.state == "notice" for i in snap.fleet)
+        new_state = ReleasedState(0.0 if lost else max(target, state.provisioned_for_rps), True)
+        return dec, new_state

@@ -1,0 +1,58 @@
+"""Batching policy: Triton dynamic-batcher settings per instance type.
+
+MArk's rule (Clipper-like): a batch leaves when it holds ``max_batch`` requests or its oldest
+waited ``max_queue_delay``; a setting is allowed only if delay + T_b fits the SLO budget, and
+batching is used only where it beats one-by-one service. Here "beats" is measured as the
+capacity under the SLO (:mod:`provisioner.capacity`): grow ``max_batch`` through 1, 2, 4, ...
+while the SLO still holds, keep the setting with the highest capacity, and fall back to no
+batching unless batching raises capacity by more than ``min_gain``.
+
+With a known rate share (the requests/s this instance will receive) a queue delay that lets
+a batch fill, ``(b - 1) / rate``, is also tried, bounded by half the budget; at delay 0 the
+batcher still batches whatever queued while the server was busy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from provisioner.base import BatchConfig, Slo
+from provisioner.capacity import capacity_rps
+
+
+def candidate_batches(max_batch: int) -> list[int]:
+    out, b = [], 1
+    while b <= max_batch:
+        out.append(b)
+        b *= 2
+    if out[-1] != max_batch:
+        out.append(max_batch)
+    return out
+
+
+def choose_batching(
+    svc_s: np.ndarray,
+    slo: Slo,
+    budget_s: float,
+    rate_share_rps: float | None = None,
+    min_gain: float = 0.02,
+) -> tuple[BatchConfig, float]:
+    """Best (settings, capacity rps) for a type with service table ``svc_s`` (index = batch)."""
+    max_batch = svc_s.shape[0] - 1
+    best = BatchConfig(1, 0.0)
+    best_cap = capacity_rps(svc_s, best, budget_s, slo.percentile)
+    base_cap = best_cap
+    for b in candidate_batches(max_batch)[1:]:
+        if svc_s[b] > budget_s:
+            break  # a full batch alone would miss the SLO: stop growing
+        delays = [0.0]
+        if rate_share_rps:
+            delays.append(min((b - 1) / rate_share_rps, max(budget_s / 2 - svc_s[b], 0.0)))
+        for d in delays:
+            cfg = BatchConfig(b, round(d, 4))
+            cap = capacity_rps(svc_s, cfg, budget_s, slo.percentile)
+            if cap > best_cap:
+                best, best_cap = cfg, cap
+    if best.max_batch > 1 and best_cap < base_cap * (1.0 + min_gain):
+        return BatchConfig(1, 0.0), base_cap
+    return best, best_cap

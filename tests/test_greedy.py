@@ -1,0 +1,113 @@
+"""MArk's greedy provisioner on hand-made snapshots: cheaper type per request, running
+instances kept, scale-in hysteresis, FaaS for what an instance would serve mostly idle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mark.catalogue import load_catalogue
+from mark.profiles import load_profile
+from provisioner import greedy_plan
+from provisioner.base import InstanceView, PolicyContext, Slo, Snapshot, make_policy
+from provisioner.greedy import Candidate, MArkGreedy
+
+
+def cand(key: str, cap: float, price: float, overhead: float = 0.0, ready: int = 0,
+         existing: bool = False) -> Candidate:
+    return Candidate(key, key.split("#")[0], "on_demand", cap, price, overhead, ready, existing)
+
+
+def test_picks_the_type_cheaper_per_request() -> None:
+    small, big = cand("small", 100, 1.0), cand("big", 300, 2.0)
+    chosen = greedy_plan(np.full(10, 300.0), [small, big], 60.0)
+    assert [c.key for c in chosen] == ["big"]  # 2 $/h for 300 beats 3 x 1 $/h
+    chosen = greedy_plan(np.full(10, 100.0), [small, big], 60.0)
+    assert [c.key for c in chosen] == ["small"]  # only 100 to serve: small is cheaper
+    chosen = greedy_plan(np.full(10, 650.0), [small, big], 60.0)
+    assert sorted(c.key for c in chosen) == ["big", "big", "small"]
+
+
+def test_running_instances_are_preferred_over_new_ones() -> None:
+    running = cand("old#1", 100, 1.0, existing=True)
+    cheaper_new = cand("new", 100, 0.9, overhead=0.9 / 3600 * 300, ready=2)
+    chosen = greedy_plan(np.full(10, 100.0), [running, cheaper_new], 60.0)
+    assert [c.key for c in chosen] == ["old#1"]
+    # a running instance is used once; the rest comes from new ones
+    chosen = greedy_plan(np.full(10, 180.0), [running, cheaper_new], 60.0)
+    assert [c.key for c in chosen] == ["old#1", "new"]
+
+
+def test_unneeded_load_goes_to_faas_when_cheaper() -> None:
+    inst = cand("c", 200, 0.085)
+    per_req_full = 0.085 / 3600 / 200
+    assert greedy_plan(np.full(10, 5.0), [inst], 60.0, faas_cost_per_request=per_req_full * 10) == []
+    assert len(greedy_plan(np.full(10, 190.0), [inst], 60.0, per_req_full * 10)) == 1
+
+
+def test_launch_delay_means_new_capacity_only_from_its_ready_step() -> None:
+    new = cand("new", 100, 1.0, ready=2)
+    f = np.array([500.0, 500.0, 100.0, 100.0, 100.0])
+    chosen = greedy_plan(f, [new], 60.0)
+    assert [c.key for c in chosen] == ["new"]  # steps 0-1 cannot be served by anyone new
+
+
+@pytest.fixture(scope="module")
+def ctx() -> PolicyContext:
+    return PolicyContext(load_catalogue(), load_profile("minilm"), Slo(200, 98),
+                         types=("c5.large", "c5.xlarge"))
+
+
+def snap(now: float, rate: float, fleet: tuple[InstanceView, ...]) -> Snapshot:
+    return Snapshot(now, np.full(int(now), int(rate)), fleet, Slo(200, 98))
+
+
+def test_policy_launches_then_holds_before_scale_in(ctx: PolicyContext) -> None:
+    pol = make_policy("mark", ctx, hold_s=360.0, forecast_kw={"margin": 1.0},
+                      adaptive_faas=False)
+    assert isinstance(pol, MArkGreedy)
+    cap = ctx.serving.types["c5.large"].capacity_rps
+    st = pol.initial_state()
+    dec, st = pol.decide(snap(600, 0.9 * cap, ()), st)
+    assert [o.instance_type for o in dec.launch] == ["c5.large"] and dec.serving is not None
+    fleet = (InstanceView("a", "c5.large", "on_demand", "ready", 500, 500),
+             InstanceView("b", "c5.large", "on_demand", "ready", 500, 500))
+    dec, st = pol.decide(snap(600, 0.9 * cap, fleet), st)
+    assert dec.launch == () and dec.terminate == ()  # b is idle but held
+    assert dec.serving is None  # the serving plan is sent once
+    kept = [i.id for i in fleet if st.last_needed_s.get(i.id) == 600]
+    assert len(kept) == 1
+    dec, st = pol.decide(snap(840, 0.9 * cap, fleet), st)
+    assert dec.terminate == ()  # 340 s < hold_s since b was launched
+    dec, st = pol.decide(snap(900, 0.9 * cap, fleet), st)
+    assert len(dec.terminate) == 1 and dec.terminate[0] not in kept
+    # with the load doubled both are needed again and nothing is terminated
+    dec, st = pol.decide(snap(960, 1.8 * cap, fleet), pol.initial_state())
+    assert dec.terminate == () and dec.launch == ()
+
+
+def test_notice_instances_are_replaced(ctx: PolicyContext) -> None:
+    pol = make_policy("mark", ctx, forecast_kw={"margin": 1.0})
+    cap = ctx.serving.types["c5.large"].capacity_rps
+    fleet = (InstanceView("a", "c5.large", "spot", "notice", 0, 0),)
+    dec, _ = pol.decide(snap(600, 0.9 * cap, fleet), pol.initial_state())
+    assert len(dec.launch) == 1 and dec.terminate == ()
+
+
+def test_unknown_policy_lists_registered(ctx: PolicyContext) -> None:
+    from mark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"registered: .*mark.*oracle.*sagemaker"):
+        make_policy("nope", ctx)
+
+
+def test_spot_replacement_falls_back_to_on_demand() -> None:
+    ctx = PolicyContext(load_catalogue(), load_profile("minilm"), Slo(200, 98), spot=True,
+                        types=("c5.large",))
+    pol = make_policy("mark", ctx, forecast_kw={"margin": 1.0})
+    cap = ctx.serving.types["c5.large"].capacity_rps
+    dec, _ = pol.decide(snap(600, 0.9 * cap, ()), pol.initial_state())
+    assert [o.market for o in dec.launch] == ["spot"]  # spot is cheaper when nothing is lost
+    fleet = (InstanceView("a", "c5.large", "spot", "notice", 0, 0),)
+    dec, _ = pol.decide(snap(600, 0.9 * cap, fleet), pol.initial_state())
+    assert [o.market for o in dec.launch] == ["on_demand"]
