@@ -135,13 +135,11 @@ class HoltWinters(BaseForecaster):
         # a grid search finds the start once; refits warm-start from the last estimate,
         # which is ~10x faster and lands on the same optimum
         warm = self._fitted_at >= 0 and seasonal == self._seasonal
-        start = [self._alpha] + ([self._beta] if self.trend else [])
-        start += [self._gamma] if seasonal else []
-        start += [self._phi] if self.damped else []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if warm:
-                res = model.fit(use_brute=False, start_params=np.clip(start, 1e-4, 1 - 1e-4))
+                start = self._start_params(y, init["initialization_method"], seasonal)
+                res = model.fit(use_brute=False, start_params=start)
             else:
                 res = model.fit()
         p = res.params
@@ -158,6 +156,26 @@ class HoltWinters(BaseForecaster):
             glob = np.arange(n - m, n) % m
             self._seasons[glob] = np.asarray(res.season)[-m:]
         self._fitted_at = self._applied = n
+
+    def _start_params(self, y: np.ndarray, method: str, seasonal: bool) -> np.ndarray:
+        """Warm start for a refit: the last estimate, in statsmodels' order of free parameters
+        (alpha, beta, gamma, initial level, initial trend, phi, initial seasons).
+
+        With ``initialization_method="estimated"`` (no season yet, or a window shorter than
+        one) the initial level (and trend) are free parameters too; statsmodels rejects a
+        start vector without them ("start_params must have 6 values but has 1"; its message
+        counts all parameters, not the free ones). They start at the window's first values.
+        """
+        smooth = [self._alpha] + ([self._beta] if self.trend else [])
+        smooth += [self._gamma] if seasonal else []
+        start = list(np.clip(smooth, 1e-4, 1 - 1e-4))
+        if method == "estimated":
+            start.append(float(np.mean(y[: min(10, y.size)])))
+            if self.trend:
+                start.append(0.0)
+        if self.damped:
+            start.append(float(np.clip(self._phi, 1e-4, 1 - 1e-4)))
+        return np.asarray(start, dtype=np.float64)
 
     def _advance(self) -> None:
         """Fold observations not yet in the state through the Holt-Winters recursions."""
