@@ -35,3 +35,14 @@ def test_mark_load_unknown_model_is_a_clear_error(main_cluster: ClusterThread, t
     assert code == 2
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "known models" in err
+
+
+def test_mark_load_replays_a_trace_faster(main_cluster: ClusterThread, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.txt"
+    trace.write_text("\n".join(["30"] * 10 + ["0"] * 10) + "\n")
+    out = tmp_path / "load.json"
+    # 2 s at x4 replays the trace's first 8 s: 240 requests
+    assert main(["load", "--url", main_cluster.url, "--model", "identity", "--trace", str(trace),
+                 "--duration", "2", "--speedup", "4", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["requests"] == 240 and doc["ok"] == 240

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,13 @@ def arrivals(args: argparse.Namespace) -> np.ndarray:
     from mark.workload.arrivals import spread_trace
     from mark.workload.traces import load_trace
 
-    trace = load_trace(args.trace).slice(0, int(args.duration * args.speedup))
-    return spread_trace(trace, seed=args.seed) / args.speedup
+    if args.speedup <= 0:
+        raise BadRequest(f"--speedup must be > 0, got {args.speedup}")
+    trace = load_trace(args.trace)
+    span_s = args.duration * args.speedup  # trace seconds replayed
+    end_s = min(trace.duration_s, math.ceil(span_s / trace.step_s) * trace.step_s)
+    at = spread_trace(trace.slice(0, end_s), seed=args.seed)
+    return at[at < span_s] / args.speedup
 
 
 async def _drive(args: argparse.Namespace) -> LoadResult:
