@@ -84,6 +84,8 @@ class LambdaSpec:
     concurrency_limit: int
     payload_limit_bytes: int
     init_billed: bool = True
+    # provisioned concurrency: $ per GB-s a pre-initialised container is held (x86)
+    provisioned_usd_per_gb_s: float = 0.0000041667
 
     def vcpu(self, memory_mb: float) -> float:
         """CPU share at ``memory_mb``: see :func:`lambda_vcpu`."""
@@ -170,6 +172,8 @@ def parse_catalogue(raw: dict[str, Any]) -> Catalogue:
         concurrency_limit=int(_num(lam, "concurrency_limit", "lambda", 1)),
         payload_limit_bytes=int(_num(lam, "payload_limit_bytes", "lambda", 1)),
         init_billed=bool(lam.get("init_billed", True)),
+        provisioned_usd_per_gb_s=_num(lam, "provisioned_usd_per_gb_s", "lambda")
+        if "provisioned_usd_per_gb_s" in lam else 0.0000041667,
     )
     billing = raw.get("billing", {})
     return Catalogue(

@@ -6,9 +6,11 @@ Public face: the :class:`Forecaster` protocol and :class:`Forecast` result
 (:mod:`predictor.peak`) and the rolling-origin :func:`backtest` (:mod:`predictor.backtest`).
 
 Registered names: ``last``, ``moving-max``, ``ewma``, ``seasonal-naive``,
-``holt-winters``, ``sarimax``. statsmodels is imported only when a model first fits.
+``holt-winters``, ``sarimax``, ``adaptive`` (a margin that widens after realised
+under-forecasts, :mod:`predictor.adaptive`). statsmodels is imported only when a model first fits.
 """
 
+from predictor.adaptive import Adaptive
 from predictor.backtest import BacktestResult, backtest
 from predictor.base import (
     Forecast,
@@ -25,6 +27,7 @@ from predictor.sarimax import Sarimax
 from predictor.simple import Ewma, LastValue, MovingMax, SeasonalNaive
 
 __all__ = [
+    "Adaptive",
     "BacktestResult",
     "BaseForecaster",
     "Ewma",

@@ -33,7 +33,12 @@ import numpy as np
 
 from mark.errors import ConfigError
 
-_BUILTIN_MODULES = ("predictor.simple", "predictor.holt_winters", "predictor.sarimax")
+_BUILTIN_MODULES = (
+    "predictor.simple",
+    "predictor.holt_winters",
+    "predictor.sarimax",
+    "predictor.adaptive",
+)
 
 
 @dataclass(frozen=True)

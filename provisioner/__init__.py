@@ -28,8 +28,9 @@ from provisioner.baselines import BatchAdaptive, LambdaOnly, MArkReleased, SageM
 from provisioner.batching import choose_batching
 from provisioner.capacity import capacity_rps, default_serving_plan, latency_quantile
 from provisioner.faas_batching import choose_faas_config, expected_batch
+from provisioner.faas_tier import Cover, cold_start_cover, crossover_rps, faas_tier_cost_per_request
 from provisioner.forecast import PeakForecast, RecentPeak, TrendPeak, make_peak_forecast
-from provisioner.greedy import GreedyState, MArkGreedy, greedy_plan
+from provisioner.greedy import GreedyState, MArkGreedy, MArkNoFaas, greedy_plan
 from provisioner.oracle import Oracle
 from provisioner.spill import SpillPolicy, predict_latency_s
 
@@ -40,6 +41,7 @@ __all__ = [
     "SPOT",
     "BatchAdaptive",
     "BatchConfig",
+    "Cover",
     "Decision",
     "FaasConfig",
     "GreedyState",
@@ -47,6 +49,7 @@ __all__ = [
     "LambdaOnly",
     "LaunchOrder",
     "MArkGreedy",
+    "MArkNoFaas",
     "MArkReleased",
     "Oracle",
     "PeakForecast",
@@ -63,8 +66,11 @@ __all__ = [
     "capacity_rps",
     "choose_batching",
     "choose_faas_config",
+    "cold_start_cover",
+    "crossover_rps",
     "default_serving_plan",
     "expected_batch",
+    "faas_tier_cost_per_request",
     "greedy_plan",
     "latency_quantile",
     "make_peak_forecast",

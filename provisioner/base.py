@@ -62,12 +62,14 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class FaasConfig:
-    """FaaS buffer releasing at ``batch`` requests or after ``timeout_s``; Lambda memory."""
+    """FaaS buffer releasing at ``batch`` requests or after ``timeout_s``; Lambda memory;
+    ``provisioned`` containers kept initialised (never cold, billed while held)."""
 
     batch: int = 1
     timeout_s: float = 0.0
     memory_mb: int = 3008
     cost_per_request_usd: float = 0.0  # the planner's estimate at the rate it planned for
+    provisioned: int = 0  # warm containers held by provisioned concurrency (cold-start cover)
 
 
 @dataclass(frozen=True)

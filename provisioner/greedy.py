@@ -27,6 +27,18 @@ scale-in hold is one minute instead of six: with spill behind it, a plan that pr
 costs a little FaaS rather than SLO misses. ``forecast="recent-peak"``, ``hold_s=360`` give
 the paper's behaviour.
 
+FaaS as a planned tier (``faas_tier=True``, the default; :mod:`provisioner.faas_tier`):
+step 4 prices FaaS with cold starts amortised, so a plan of zero instances is legal (scale
+to zero) and instances come back when the forecast rate passes the crossover; from zero
+instances the first one must beat FaaS by its boot and launch overhead spread over
+``first_life_s`` (default: the horizon; ``first_launch_margin``, applied while the
+instance would run part idle: a short burst does not pay for a launch). A
+plan with no instance gets a cold-start cover when cold starts would break the SLO
+percentile (warm containers by provisioned concurrency, or one instance kept, the
+cheaper); the choice and its reason go to ``Decision.info`` (``faas_cover``, ``faas_cover_reason``, codes in
+:mod:`provisioner.faas_tier`). ``faas_tier=False`` (policy ``"mark-no-faas"``) is MArk's
+shape: instances cover the forecast and FaaS only absorbs what they miss.
+
 Instances not in the plan are terminated only when no plan needed them for ``hold_s``
 (scale-in hysteresis). Instances under a spot interruption notice are not counted; the plan
 replaces them. A new instance serves only from the step it is ready in; the gap is spill's.
@@ -51,6 +63,15 @@ from provisioner.base import (
     ServingPlan,
     Snapshot,
     register_policy,
+)
+from provisioner.faas_tier import (
+    COVER_INSTANCE,
+    COVER_NONE,
+    COVER_WARM,
+    REASON_INSTANCES_PLANNED,
+    Cover,
+    cold_start_cover,
+    faas_tier_cost_per_request,
 )
 from provisioner.forecast import PeakForecast, RecentQuantile, make_peak_forecast
 
@@ -80,6 +101,7 @@ def greedy_plan(
     step_s: float,
     faas_cost_per_request: float | Callable[[float], float] = math.inf,
     max_new: int = 1000,
+    faas_margin: float = 1.0,
 ) -> list[Candidate]:
     """The chosen candidates (existing ones at most once, new ones repeatedly).
 
@@ -87,7 +109,10 @@ def greedy_plan(
     ready step) are evaluated once per group, so a plan costs O(groups) per pick, not
     O(fleet). Ties go to the first candidate given. ``faas_cost_per_request`` may depend on
     the rate FaaS would take (batching makes a busy FaaS stream cheaper per request); it is
-    then evaluated at the residual of the peak step.
+    then evaluated at the residual of the peak step. ``faas_margin``: a candidate's running cost
+    per request is multiplied by it before the comparison with FaaS when the peak residual
+    is below its capacity (the FaaS tier's launch from zero instances amortises the boot
+    and overhead over an expected lifetime; a full instance is not held back).
     """
     faas_at = (faas_cost_per_request if callable(faas_cost_per_request)
                else lambda _rate: float(faas_cost_per_request))
@@ -130,7 +155,10 @@ def greedy_plan(
                 best, best_cpr, run_cpr = c, cpr, running / served
         # against FaaS the launch overhead is not counted: it is paid once and amortised over
         # a lifetime longer than the horizon; utilisation within the run still counts
-        if best is None or run_cpr > faas_at(r[t_star]):
+        # the margin is for an instance the forecast would leave part idle; a full one
+        # is not held back (its advantage over FaaS may be smaller than the margin)
+        margin = faas_margin if best is not None and r[t_star] < best.capacity_rps else 1.0
+        if best is None or run_cpr * margin > faas_at(r[t_star]):
             # nothing (cheaper than FaaS) serves the peak; drop that run and go on
             for t in range(t_star, end):
                 r[t] = 0.0
@@ -169,13 +197,25 @@ class MArkGreedy:
         spill_plan_share: float = 0.1,
         headroom: float = 1.0,
         serving: ServingPlan | None = None,
+        faas_tier: bool = True,
+        cover_window_s: int = 6 * 3600,
+        first_life_s: float | None = None,
     ) -> None:
         self.ctx = ctx
+        self.faas_tier = faas_tier and faas_aware and spill
+        self.cover_window_s = cover_window_s
+        # from zero instances a new one must beat FaaS with its boot and launch overhead
+        # spread over ``first_life_s`` of expected lifetime (default: the horizon, all the
+        # plan can see; inf: not counted)
+        delay = max((ctx.catalogue.instance(t).launch_delay_s for t in ctx.instance_types),
+                    default=0.0)
+        life = horizon_s if first_life_s is None else first_life_s
+        self.first_launch_margin = 1.0 + (delay + launch_overhead_s) / life
         self.interval_s = interval_s
         self.horizon_steps = max(1, math.ceil(horizon_s / interval_s))
         self.hold_s = hold_s
         self.launch_overhead_s = launch_overhead_s
-        self.faas_aware = faas_aware and spill
+        self.faas_aware = faas_aware and spill and faas_tier
         self.adaptive_faas = adaptive_faas
         self.spill_plan_share = spill_plan_share
         self._faas_memo: dict[int, FaasConfig] = {}  # pure memo of choose_faas_config
@@ -244,7 +284,7 @@ class MArkGreedy:
             return self.serving.faas
         from provisioner.faas_batching import choose_faas_config
 
-        key = round(math.log(max(spill_rps, 1.0)) * 20)
+        key = round(math.log(max(spill_rps, 1e-3)) * 20)
         if key not in self._faas_memo:
             self._faas_memo[key] = choose_faas_config(self.ctx, math.exp(key / 20))
         return self._faas_memo[key]
@@ -270,14 +310,23 @@ class MArkGreedy:
         f = forecast(snap.counts, self.horizon_steps, self.interval_s)
 
         def faas_cpr(rate: float) -> float:
-            return self.faas_for(rate).cost_per_request_usd if self.faas_aware else math.inf
+            if not self.faas_aware:
+                return math.inf
+            return faas_tier_cost_per_request(self.ctx, self.faas_for(rate), rate)
 
         chosen = greedy_plan(f, self._candidates(snap.fleet, snap.now_s), self.interval_s,
-                             faas_cpr if self.adaptive_faas else faas_cpr(1.0))
+                             faas_cpr if self.adaptive_faas else faas_cpr(1.0),
+                             faas_margin=self.first_launch_margin if self.faas_tier and not any(
+                                 i.state != "notice" for i in snap.fleet) else 1.0)
         left = max(float(f[0]) - sum(c.capacity_rps for c in chosen if c.ready_step == 0), 0.0)
         recent = snap.counts[-int(self.interval_s):]
         guess = self.spill_plan_share * float(recent.mean()) if recent.size else 0.0
         faas = self.faas_for(max(self.spill_rate_rps(snap), left, guess))
+        cover = Cover(COVER_NONE, REASON_INSTANCES_PLANNED)
+        if self.faas_tier and not chosen:
+            # FaaS carries the whole stream: settings for its mean rate (as BATCH does)
+            faas = self.faas_for(float(recent.mean()) if recent.size else 0.0)
+            cover, chosen, faas = self._cover(snap, float(f[0]), faas)
         needed = dict(state.last_needed_s)
         for c in chosen:
             if c.existing:
@@ -297,6 +346,41 @@ class MArkGreedy:
         decision = Decision(
             launch=launch, terminate=tuple(terminate),
             serving=ServingPlan(self.serving.types, faas, self.serving.spill) if send else None,
-            info={"forecast_rps": float(f[0]), "planned_rps": cap},
+            info={"forecast_rps": float(f[0]), "planned_rps": cap,
+                  "planned_instances": float(len(chosen)),
+                  **(cover.info() if self.faas_tier else {})},
         )
         return decision, GreedyState(needed, True, faas)
+
+    def _cover(self, snap: Snapshot, rate: float, faas: FaasConfig
+               ) -> tuple[Cover, list[Candidate], FaasConfig]:
+        """Cold-start cover for a plan with no instance: warm containers in the FaaS
+        settings, or one instance (a running one when there is one) in the plan."""
+        recent = snap.counts[-int(self.interval_s):]
+        rate = max(rate, float(recent.mean()) if recent.size else 0.0)
+        cover = cold_start_cover(self.ctx, faas, snap.counts, rate, self.cover_window_s,
+                                 self.serving)
+        if cover.kind == COVER_WARM:
+            return cover, [], replace(faas, provisioned=cover.warm)
+        if cover.kind == COVER_INSTANCE:
+            cands = self._candidates(snap.fleet, snap.now_s)
+            running = [c for c in cands if c.existing]
+            if running:
+                return cover, [min(running, key=lambda c: c.price_usd_per_h)], faas
+            new = [c for c in cands if not c.existing and c.instance_type == cover.instance_type
+                   and c.market == cover.market]
+            return cover, new[:1], faas
+        return cover, [], faas
+
+
+@register_policy("mark-no-faas")
+class MArkNoFaas(MArkGreedy):
+    """MArk's shape: no FaaS tier in the plan (instances cover the forecast, FaaS only
+    absorbs what they miss); otherwise the same as ``"mark"``."""
+
+    name = "mark-no-faas"
+
+    def __init__(self, ctx: PolicyContext, forecast: str | PeakForecast = "auto-quantile",
+                 forecast_kw: dict[str, Any] | None = None, **kw: Any) -> None:
+        kw.setdefault("faas_tier", False)
+        super().__init__(ctx, forecast=forecast, forecast_kw=forecast_kw, **kw)

@@ -16,13 +16,24 @@ bursts (within the wait budget; the simulator's spill handles any excess). No si
 is cheapest on every trace, so the simulator runs the variants in ``search_space`` and keeps
 the cheapest that meets the SLO. This is a strong hindsight baseline, not a proven optimum:
 on smooth traces a good online policy can come within a fraction of a percent of it.
+
+FaaS is a tier here as in the planner (:mod:`provisioner.faas_tier`): a step may have no
+instance at all, and such a step gets the same cold-start cover the planner would give it
+(warm containers or one instance, the cheaper, priced into the bound). The analytic FaaS
+price (BATCH's model of the buffer) is evaluated per capacity level for the overflow that
+level leaves (a busier stream batches better); ``faas_weight`` < 1 leans on FaaS harder
+when choosing the split (a sensitivity knob, not in the default search). The FaaS
+settings of a step with no instance are chosen for that step's rate or, with
+``faas_rate_lag`` = 1, for the previous step's (BATCH's rule; the settings are chosen by
+an analytic model whose near-ties do not always fall the way the simulator bills them, so
+both hindsight plans are tried).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +49,7 @@ from provisioner.base import (
     register_policy,
 )
 from provisioner.faas_batching import choose_faas_config
+from provisioner.faas_tier import COVER_INSTANCE, COVER_WARM, cold_start_cover
 
 GRID = 600  # capacity levels evaluated per step
 
@@ -80,9 +92,11 @@ class Oracle:
     instant_launch = True
     search_space: tuple[dict[str, Any], ...] = (
         {"smooth_s": 1}, {"smooth_s": 10}, {"smooth_s": 60}, {"smooth_s": 300},
+        {"smooth_s": 300, "faas_rate_lag": 1},
     )
 
-    def __init__(self, ctx: PolicyContext, step_s: int = 60, smooth_s: int = 60) -> None:
+    def __init__(self, ctx: PolicyContext, step_s: int = 60, smooth_s: int = 60,
+                 faas_weight: float = 1.0, faas_rate_lag: int = 0) -> None:
         if ctx.trace_counts is None:
             raise ConfigError("the oracle needs the trace (PolicyContext.trace_counts)")
         if step_s < 60:
@@ -109,20 +123,39 @@ class Oracle:
         memo: dict[int, FaasConfig] = {}
 
         def faas_at(rate: float) -> FaasConfig:  # BATCH-style settings for a stream, memoised
-            key = round(math.log(max(rate, 1.0)) * 20)
+            key = round(math.log(max(rate, 1e-3)) * 20)
             if key not in memo:
                 memo[key] = choose_faas_config(ctx, math.exp(key / 20))
             return memo[key]
 
         self.faas_plan: list[FaasConfig] = []
+        raw = np.asarray(ctx.trace_counts, dtype=np.float64)
+
+        def faas_only(k: int, total: float) -> None:
+            """Step ``k`` on FaaS alone, with the planner's cold-start cover."""
+            j = max(k - faas_rate_lag, 0)
+            cfg = faas_at(total / step_s if not faas_rate_lag
+                          else float(raw[j * step_s : (j + 1) * step_s].mean()))
+            cost = total * cfg.cost_per_request_usd
+            fleet: Counter[tuple[str, str]] = Counter()
+            if total > 0:
+                cover = cold_start_cover(ctx, cfg, raw[: (k + 1) * step_s], total / step_s,
+                                         serving=self.serving)
+                if cover.kind == COVER_WARM:
+                    cfg = replace(cfg, provisioned=cover.warm)
+                    cost += cover.usd_per_h * step_s / 3600.0
+                elif cover.kind == COVER_INSTANCE and cover.instance_type and cover.market:
+                    fleet[(cover.instance_type, cover.market)] = 1
+                    cost = cover.usd_per_h * step_s / 3600.0  # the instance serves the step
+            self.plan.append(fleet)
+            self.faas_plan.append(cfg)
+            self.bound_usd += cost
+
         for k in range(nsteps):
             c = np.sort(pad[k * step_s : (k + 1) * step_s])
             top = c[-1]
             if top <= 0 or not caps:
-                self.plan.append(Counter())
-                cfg = faas_at(c.sum() / step_s)
-                self.faas_plan.append(cfg)
-                self.bound_usd += c.sum() * cfg.cost_per_request_usd
+                faas_only(k, float(c.sum()))
                 continue
             xs = np.unique(np.linspace(0, math.ceil(top / unit), GRID).astype(np.int64))
             csum = np.concatenate(([0.0], np.cumsum(c[::-1])))  # sums of the largest j counts
@@ -130,13 +163,19 @@ class Oracle:
             j = c.size - np.searchsorted(c, lv, side="right")  # seconds above the level
             over = csum[j] - j * lv
             # FaaS cost per request depends on the overflow's rate (batching): iterate
-            cfg = faas_at(1.0)
-            for _ in range(3):
-                total = best[xs] + over * cfg.cost_per_request_usd
-                i = int(np.argmin(total))
-                cfg = faas_at(over[i] / step_s)
-            total = best[xs] + over * cfg.cost_per_request_usd
+            # FaaS priced per level for the overflow that level leaves (batching: a busier
+            # stream is cheaper per request); 5%-wide rate bins, memoised
+            keys = np.round(np.log(np.maximum(over / step_s, 1e-3)) * 20).astype(np.int64)
+            uk = np.unique(keys)
+            cpr_u = np.array([faas_at(math.exp(u / 20)).cost_per_request_usd for u in uk])
+            cpr = cpr_u[np.searchsorted(uk, keys)]
+            total = best[xs] + faas_weight * over * cpr
             i = int(np.argmin(total))
+            if xs[i] == 0:
+                faas_only(k, float(c.sum()))
+                continue
+            cfg = faas_at(math.exp(int(keys[i]) / 20))
+            total = best[xs] + over * cpr
             self.faas_plan.append(cfg)
             self.bound_usd += float(total[i])
             fleet: Counter[tuple[str, str]] = Counter()

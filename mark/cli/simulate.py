@@ -23,6 +23,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--trace", required=True, help="trace file (text/CSV, .gz accepted)")
     p.add_argument("--policy", default="mark", help=f"one of: {', '.join(sorted(POLICIES))}")
+    p.add_argument("--forecaster", default=None, metavar="NAME",
+                   help="peak forecast of the mark policy: one of the provisioner's own "
+                   "(auto-quantile, recent-peak, recent-quantile, trend-peak) or any "
+                   "registered in predictor (see `mark forecast`); default: "
+                   "the policy's own default")
+    p.add_argument("--forecaster-param", action="append", default=[], metavar="K=V",
+                   help="keyword argument of the forecaster (repeatable; V is parsed as "
+                   "JSON when it can be, e.g. season=1440, order=[1,0,1])")
     p.add_argument("--spot", action="store_true", help="allow spot instances")
     p.add_argument("--slo-ms", type=float, default=200.0, help="latency bound (ms)")
     p.add_argument("--slo-percentile", type=float, default=98.0,
@@ -46,6 +54,54 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` to a dict; values parsed as JSON where possible, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--forecaster-param takes K=V, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def forecaster_policy_kw(policy: str, name: str | None, params: dict[str, Any]
+                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(policy_kw, the forecaster as reported) for ``--forecaster``/``--forecaster-param``.
+
+    Only a policy whose constructor takes ``forecast`` accepts a forecaster; a name is
+    checked against :func:`provisioner.forecast.available_peak_forecasts` and its
+    parameters by building it once.
+    """
+    import inspect
+
+    from provisioner.base import POLICIES
+    from provisioner.forecast import (
+        DEFAULT_FORECAST,
+        available_peak_forecasts,
+        make_peak_forecast,
+    )
+
+    takes = "forecast" in inspect.signature(POLICIES[policy]).parameters
+    if name is None and not params:
+        return {}, ({"name": DEFAULT_FORECAST, "params": {}} if takes else None)
+    if not takes:
+        users = sorted(p for p, f in POLICIES.items()
+                       if "forecast" in inspect.signature(f).parameters)
+        raise ConfigError(f"--forecaster applies to policies that take a forecast "
+                          f"({', '.join(users)}), not {policy!r}")
+    name = name or DEFAULT_FORECAST
+    accepted = available_peak_forecasts()
+    if name not in accepted and name != "predictor":
+        raise ConfigError(f"unknown forecaster {name!r}; accepted: {', '.join(accepted)}")
+    make_peak_forecast(name, **params)  # unknown or bad parameters fail here, not mid-run
+    return {"forecast": name, "forecast_kw": params}, {"name": name, "params": params}
+
+
 def run(args: argparse.Namespace) -> int:
     from mark.catalogue import load_catalogue
     from mark.sim.simulator import simulate
@@ -54,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.policy not in POLICIES:
         raise ConfigError(f"unknown policy {args.policy!r}; registered: {sorted(POLICIES)}")
+    policy_kw, forecaster = forecaster_policy_kw(
+        args.policy, args.forecaster, parse_params(args.forecaster_param))
     if args.scale <= 0:
         raise ConfigError(f"--scale must be > 0, got {args.scale}")
     if not Path(args.trace).exists():
@@ -80,13 +138,17 @@ def run(args: argparse.Namespace) -> int:
         spot_interruption_scale=args.spot_interruption_scale,
         progress=not args.no_progress and sys.stderr.isatty(),
         timeline=args.plot is not None,
+        policy_kw=policy_kw or None,
     )
     doc = res.to_json()
+    if forecaster is not None:
+        doc["forecaster"] = forecaster
     doc["trace"] = {"file": str(args.trace), "scale": args.scale,
                     "seconds": int(trace.duration_s)}
     lat = doc["latency_ms"]
+    label = res.policy + (f" [{forecaster['name']}]" if forecaster else "")
     print(
-        f"{res.policy}: {res.requests} requests, SLO attainment {res.slo_attainment:.4%} "
+        f"{label}: {res.requests} requests, SLO attainment {res.slo_attainment:.4%} "
         f"(bound {args.slo_ms:g} ms at p{args.slo_percentile:g}), "
         f"p50/p98/p99 {lat['p50']}/{lat['p98']}/{lat['p99']} ms, "
         f"cost ${res.cost_usd['total']:.4f} (on-demand {res.cost_usd['on_demand']:.4f}, "

@@ -8,8 +8,9 @@ arrival order over float64/int32 arrays that applies, per request, the Triton
 dynamic-batcher recurrence of its instance and the spill test. Instance state (busy-until,
 the open batch) lives in arrays indexed by instance slot and carries over between segments.
 Spilled requests are then served in one pass by :func:`serve_faas` (buffer + container
-pool with cold starts, keep-alive, a concurrency limit and per-ms billing). Both passes
-are O(n) (the FaaS pool adds O(log containers)) and compile once per process (cached).
+pool with cold starts, keep-alive, a concurrency limit, provisioned containers and
+per-ms billing). Both passes are O(n) (the FaaS pool adds O(log containers)) and compile
+once per process (cached).
 
 Dynamic-batcher semantics (Triton, one model instance per server): a batch opens with its
 first request at ``a0`` and is dispatched at ``max(busy_until, a0 + max_queue_delay)``, or
@@ -183,6 +184,7 @@ def serve_faas(
     p_batch: np.ndarray,  # int32 per parameter step: buffer releases at this size
     p_timeout: np.ndarray,  # float64 per step: ... or when its oldest waited this long
     p_mem: np.ndarray,  # int32 per step: index into mem_mb / svc rows
+    p_warm: np.ndarray,  # int32 per step: containers kept initialised (provisioned concurrency)
     mem_mb: np.ndarray,  # float64 memory sizes
     svc: np.ndarray,  # float64 [n_mem, max_batch+1] service seconds
     cold_s: float,
@@ -211,13 +213,18 @@ def serve_faas(
             j += 1
         k = j - i
         disp = arr[j - 1] if k == b else a0 + tmo
-        # containers idle past keep-alive are gone
-        while hn > 0 and heap[0] + keep_alive_s < disp:
+        warm = p_warm[st]
+        # containers idle past keep-alive are gone (provisioned ones stay)
+        while hn > 0 and heap[0] + keep_alive_s < disp and alive > warm:
             hn = _heap_pop(heap, hn)
             alive -= 1
         if hn > 0 and heap[0] <= disp:
             start = disp
             hn = _heap_pop(heap, hn)
+            init = 0.0
+        elif alive < limit and alive < warm:  # a provisioned container: initialised ahead
+            alive += 1
+            start = disp
             init = 0.0
         elif alive < limit:
             alive += 1

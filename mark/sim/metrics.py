@@ -80,20 +80,38 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
     pb = np.ones(nsteps, dtype=np.int32)
     pt = np.zeros(nsteps)
     pm = np.zeros(nsteps, dtype=np.int32)
+    pw = np.zeros(nsteps, dtype=np.int32)
     for t, f in world.faas_changes:
         k = min(int(t // step), nsteps - 1)
         pb[k:] = min(f.batch, mb)
         pt[k:] = f.timeout_s
         pm[k:] = mems.index(f.memory_mb)
+        pw[k:] = f.provisioned
     stats = np.zeros(5)
     kernels.serve_faas(
-        np.ascontiguousarray(world.arr[spilled_idx]), float(step), pb, pt, pm,
+        np.ascontiguousarray(world.arr[spilled_idx]), float(step), pb, pt, pm, pw,
         np.array(mems, dtype=np.float64), svc, spec.cold_start_s, spec.keep_alive_s,
         spec.concurrency_limit, spec.init_billed, spec.billing_granularity_ms, lat, stats,
     )
     cost = stats[0] / 1000.0 / 1024.0 * spec.usd_per_gb_s + stats[1] * spec.usd_per_request
     return lat, float(cost), {"faas_invocations": int(stats[1]), "faas_cold_starts": int(stats[2]),
                               "faas_throttled": int(stats[3]), "faas_max_concurrency": int(stats[4])}
+
+
+def provisioned_cost_usd(world: World) -> float:
+    """Provisioned concurrency held over the run (GB-s held x the catalogue's price),
+    from the FaaS settings in force per policy step; billed whether or not requests come."""
+    if not world.faas_changes:
+        return 0.0
+    step = world.policy.interval_s
+    end = float(world.counts.size)
+    nsteps = max(1, math.ceil(end / step))
+    gb_warm = np.zeros(nsteps)
+    for t, f in world.faas_changes:
+        k = min(int(t // step), nsteps - 1)
+        gb_warm[k:] = f.provisioned * f.memory_mb / 1024.0
+    dur = np.minimum(np.arange(1, nsteps + 1) * step, end) - np.arange(nsteps) * step
+    return float((gb_warm * dur).sum() * world.cat.lambda_.provisioned_usd_per_gb_s)
 
 
 def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> SimResult:
@@ -109,6 +127,8 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     spilled = ~iaas & ~world.failed
     sp_idx = np.flatnonzero(spilled)
     flat, faas_cost, faas_stats = _faas(world, sp_idx)
+    prov = provisioned_cost_usd(world)
+    faas_cost += prov
     lat[sp_idx] = flat
     lat[world.failed] = np.inf
     slo = world.ctx.slo
@@ -137,6 +157,11 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
         "billing_factor": world.billing_factor,
         **faas_stats,
     }
+    if prov > 0:
+        extra["faas_provisioned_usd"] = round(prov, 6)
+    tier = faas_tier_summary(world)
+    if tier:
+        extra["faas_tier"] = tier
     bound = getattr(world.policy, "bound_usd", None)
     if bound is not None and math.isfinite(bound):
         extra["oracle_bound_usd"] = round(float(bound), 6)
@@ -151,6 +176,45 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
         wall_seconds=wall_s_so_far + (time.perf_counter() - t0),
         latencies_s=lat, spilled=spilled, slo_ms=slo.latency_ms, timeline=tl, extra=extra,
     )
+
+
+def faas_tier_summary(world: World) -> dict[str, Any]:
+    """The FaaS tier's record (policies that plan FaaS as a tier report ``faas_cover`` in
+    ``Decision.info``): share of time with no instance (scale to zero), how often each
+    cold-start cover was chosen at the policy's decisions, and the prevailing reason."""
+    from provisioner.faas_tier import COVERS, REASONS
+
+    tl = world.timeline
+    covers = [c for c in tl.get("faas_cover", []) if math.isfinite(c)]
+    if not covers:
+        return {}
+    end = float(world.counts.size)
+    iv = sorted((i.launched_at_s, min(i.ended_at_s, end)) for i in world.insts)
+    busy = 0.0
+    cur_a = cur_b = -1.0
+    for a, b in iv:  # union of instance lifetimes
+        if a > cur_b:
+            busy += max(cur_b - cur_a, 0.0)
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    busy += max(cur_b - cur_a, 0.0)
+    reasons = [r for r in tl.get("faas_cover_reason", []) if math.isfinite(r)]
+    n = len(covers)
+    share = {COVERS[k]: round(sum(1 for c in covers if c == k) / n, 6) for k in COVERS}
+    rshare = {REASONS[k]: round(sum(1 for r in reasons if r == k) / max(len(reasons), 1), 6)
+              for k in REASONS}
+    chosen = max((k for k in COVERS if k != 0.0), key=lambda k: share[COVERS[k]])
+    used = share[COVERS[chosen]] > 0
+    why = [r for c, r in zip(covers, reasons, strict=False) if c == chosen]
+    return {
+        "zero_instance_share": round(max(0.0, 1.0 - busy / end) if end else 0.0, 6),
+        "cover_share": share,
+        "cover": COVERS[chosen] if used else "none",
+        "cover_reason": REASONS[max(set(why), key=why.count)] if used and why else
+        (max(rshare, key=lambda k: rshare[k]) if reasons else ""),
+        "reason_share": rshare,
+    }
 
 
 def _timeline(world: World, lat: np.ndarray, spilled: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ from mark.sim.metrics import SimResult
 
 def plot_timeline(res: SimResult, path: str | Path, title: str | None = None) -> None:
     """Two panels over time (hours): requests/s with forecast and capacity stacked by market
-    (on-demand, spot, FaaS-served), and per-step p99 latency against the SLO bound."""
+    (on-demand, spot, FaaS-served), and per-step p99 latency against the SLO bound. With a
+    FaaS-tier policy, the steps with no instance and the cold-start cover are shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,6 +33,15 @@ def plot_timeline(res: SimResult, path: str | Path, title: str | None = None) ->
     fc = tl.get("forecast_rps")
     if fc is not None and np.isfinite(fc).any():
         ax1.plot(ct, fc, color="#756bb1", lw=0.8, ls="--", label="forecast")
+    cover = np.asarray(tl.get("faas_cover", []), dtype=np.float64)
+    if cover.size == ct.size and np.isfinite(cover).any():  # the FaaS tier's record
+        zero = (np.asarray(od) + np.asarray(sp)) <= 0
+        for mask, color, label in ((zero, "#fee0d2", "no instance (FaaS tier)"),
+                                   (cover == 1.0, "#fdae6b", "cover: warm containers"),
+                                   (cover == 2.0, "#bcbddc", "cover: one instance")):
+            if mask.any():
+                ax1.fill_between(ct, 0, 1, where=mask, step="post", color=color, alpha=0.5,
+                                 transform=ax1.get_xaxis_transform(), label=label, lw=0)
     ax1.set_ylabel("requests/s")
     ax1.legend(loc="upper left", fontsize=8, ncol=3)
     ax1.set_title(title or f"{res.policy}: ${res.cost_usd['total']:.2f}, "

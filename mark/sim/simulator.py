@@ -108,7 +108,8 @@ class World:
         self.faas_changes: list[tuple[float, Any]] = []
         self.state = policy.initial_state()
         self.timeline: dict[str, list[float]] = {
-            k: [] for k in ("t_s", "forecast_rps", "cap_on_demand_rps", "cap_spot_rps")
+            k: [] for k in ("t_s", "forecast_rps", "cap_on_demand_rps", "cap_spot_rps",
+                            "faas_cover", "faas_cover_reason")
         }
         self.n_interruptions = 0
         self.n_launches = 0
@@ -298,6 +299,8 @@ class World:
         tl = self.timeline
         tl["t_s"].append(self.env.now)
         tl["forecast_rps"].append(float(dec.info.get("forecast_rps", math.nan)))
+        tl["faas_cover"].append(float(dec.info.get("faas_cover", math.nan)))
+        tl["faas_cover_reason"].append(float(dec.info.get("faas_cover_reason", math.nan)))
         od = sp = 0.0
         for i in self.live.values():
             if i.state in ("ready", "notice") and self.plan is not None:
