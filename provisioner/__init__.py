@@ -29,12 +29,20 @@ from provisioner.batching import choose_batching
 from provisioner.capacity import capacity_rps, default_serving_plan, latency_quantile
 from provisioner.faas_batching import choose_faas_config, expected_batch
 from provisioner.faas_tier import Cover, cold_start_cover, crossover_rps, faas_tier_cost_per_request
-from provisioner.forecast import PeakForecast, RecentPeak, TrendPeak, make_peak_forecast
+from provisioner.forecast import (
+    DEFAULT_FORECAST,
+    PeakForecast,
+    RecentPeak,
+    TrendPeak,
+    available_peak_forecasts,
+    make_peak_forecast,
+)
 from provisioner.greedy import GreedyState, MArkGreedy, MArkNoFaas, greedy_plan
 from provisioner.oracle import Oracle
 from provisioner.spill import SpillPolicy, predict_latency_s
 
 __all__ = [
+    "DEFAULT_FORECAST",
     "MARKETS",
     "ON_DEMAND",
     "POLICIES",
@@ -63,6 +71,7 @@ __all__ = [
     "SpillPolicy",
     "TrendPeak",
     "TypeServing",
+    "available_peak_forecasts",
     "capacity_rps",
     "choose_batching",
     "choose_faas_config",

@@ -73,7 +73,7 @@ from provisioner.faas_tier import (
     cold_start_cover,
     faas_tier_cost_per_request,
 )
-from provisioner.forecast import PeakForecast, RecentQuantile, make_peak_forecast
+from provisioner.forecast import DEFAULT_FORECAST, PeakForecast, RecentQuantile, make_peak_forecast
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class MArkGreedy:
         interval_s: float = 60.0,
         horizon_s: float = 600.0,
         hold_s: float = 60.0,
-        forecast: str | PeakForecast = "auto-quantile",
+        forecast: str | PeakForecast = DEFAULT_FORECAST,
         forecast_kw: dict[str, Any] | None = None,
         launch_overhead_s: float = 180.0,
         spill: bool = True,
@@ -380,7 +380,7 @@ class MArkNoFaas(MArkGreedy):
 
     name = "mark-no-faas"
 
-    def __init__(self, ctx: PolicyContext, forecast: str | PeakForecast = "auto-quantile",
+    def __init__(self, ctx: PolicyContext, forecast: str | PeakForecast = DEFAULT_FORECAST,
                  forecast_kw: dict[str, Any] | None = None, **kw: Any) -> None:
         kw.setdefault("faas_tier", False)
         super().__init__(ctx, forecast=forecast, forecast_kw=forecast_kw, **kw)
