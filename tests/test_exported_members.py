@@ -4,7 +4,6 @@ import importlib
 
 import pytest
 
-
 PACKAGES = ["mark", "frontend", "predictor", "provisioner", "mark.workload", "mark.sim"]
 
 
