@@ -52,6 +52,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import CPU_TYPES, TWITTER  # noqa: E402
+
 from mark.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
 from mark.workload.traces import Trace, load_trace  # noqa: E402
 from provisioner.base import Slo  # noqa: E402
@@ -62,10 +64,6 @@ from provisioner.forecast import (  # noqa: E402
     available_peak_forecasts,
 )
 
-SHARED = Path(os.environ.get("MARK_SHARED_DIR", REPO.parent / "shared"))
-TWITTER = SHARED / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
-CPU_TYPES = ("c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "m5.large", "m5.xlarge",
-             "m5.2xlarge")
 PROFILE, SLO = "inception-v3", Slo(500, 98)
 STEP_S = 60
 

@@ -41,12 +41,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import TWITTER  # noqa: E402
+
 from mark.workload.traces import Trace, load_trace  # noqa: E402
 from predictor import PeakRateForecaster, backtest, make_forecaster  # noqa: E402
 from predictor.backtest import BacktestResult  # noqa: E402
 
-SHARED = Path(os.environ.get("MARK_SHARED_DIR", REPO.parent / "shared"))
-TWITTER = SHARED / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
 DAY = 1440
 
 MEAN_ROWS: list[tuple[str, str, dict[str, Any]]] = [

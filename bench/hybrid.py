@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,16 +37,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import CPU_TYPES, TWITTER  # noqa: E402
+
 from mark.sim.simulator import simulate  # noqa: E402
 from mark.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
 from mark.workload.traces import load_trace  # noqa: E402
 from provisioner.base import Slo  # noqa: E402
 
-SHARED = Path(os.environ.get("MARK_SHARED_DIR", REPO.parent / "shared"))
-TWITTER = SHARED / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
 POLICIES = ("oracle", "mark", "mark-no-faas", "lambda", "batch", "sagemaker")
-CPU_TYPES = ("c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "m5.large", "m5.xlarge",
-             "m5.2xlarge")
 PROFILE = "inception-v3"
 SLO = Slo(500, 98)
 LOW_PEAK_RPS = 3.5

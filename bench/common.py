@@ -1,0 +1,11 @@
+"""What the benchmarks share: where the shared traces are and which types they plan over."""
+
+from __future__ import annotations
+
+from mark.workload.traces import shared_data_dir
+
+TWITTER = shared_data_dir() / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
+# CPU types only: with the shipped GPU estimates one g4dn/p2 would carry a whole trace,
+# which says little about provisioning; benches that take --all-types lift this
+CPU_TYPES = ("c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "m5.large", "m5.xlarge",
+             "m5.2xlarge")
