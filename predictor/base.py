@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from mark.errors import ConfigError
+from mark.registry import Registry
 
 _BUILTIN_MODULES = (
     "predictor.simple",
@@ -75,7 +76,7 @@ class Forecaster(Protocol):
 
 
 FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
-_REGISTRY: dict[str, Callable[..., Any]] = {}
+_REGISTRY: Registry[Callable[..., Any]] = Registry("forecaster")
 
 
 def register_forecaster(name: str) -> Callable[[FactoryT], FactoryT]:
@@ -86,12 +87,9 @@ def register_forecaster(name: str) -> Callable[[FactoryT], FactoryT]:
     """
 
     def decorate(factory: FactoryT) -> FactoryT:
-        previous = _REGISTRY.get(name)
-        if previous is not None and previous is not factory:
-            raise ValueError(f"forecaster {name!r} is already registered ({previous!r})")
+        _REGISTRY.register(name)(factory)
         if isinstance(factory, type):
             factory.name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = factory
         return factory
 
     return decorate
@@ -110,12 +108,7 @@ def available_forecasters() -> list[str]:
 
 def _factory(name: str) -> Callable[..., Any]:
     _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown forecaster {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    return _REGISTRY.lookup(name)
 
 
 def forecaster_parameters(name: str) -> tuple[str, ...]:

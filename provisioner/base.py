@@ -28,6 +28,7 @@ import numpy as np
 from mark.catalogue import Catalogue
 from mark.errors import ConfigError
 from mark.profiles import Profile
+from mark.registry import Registry
 
 ON_DEMAND = "on_demand"
 SPOT = "spot"
@@ -194,24 +195,18 @@ class ProvisioningPolicy(Protocol):
 
 
 PolicyFactory = Callable[..., ProvisioningPolicy]
-POLICIES: dict[str, PolicyFactory] = {}
+POLICIES: Registry[PolicyFactory] = Registry("policy")
 
 
 def register_policy(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
-    def deco(factory: PolicyFactory) -> PolicyFactory:
-        POLICIES[name] = factory
-        return factory
-
-    return deco
+    return POLICIES.register(name)
 
 
 def make_policy(name: str, ctx: PolicyContext, **kwargs: Any) -> ProvisioningPolicy:
     """Build the policy registered as ``name`` from ``ctx`` (and policy-specific options)."""
     import provisioner  # noqa: F401  (registers the built-in policies)
 
-    if name not in POLICIES:
-        raise ConfigError(f"unknown policy {name!r}; registered: {sorted(POLICIES)}")
-    return POLICIES[name](ctx, **kwargs)
+    return POLICIES.lookup(name)(ctx, **kwargs)
 
 
 def fleet_by_state(fleet: tuple[InstanceView, ...], *states: str) -> list[InstanceView]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from mark.registry import Registry
+
 
 class InstanceState(StrEnum):
     PENDING = "pending"
@@ -86,20 +88,12 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[..., Backend]
-BACKENDS: dict[str, BackendFactory] = {}
+BACKENDS: Registry[BackendFactory] = Registry("backend")
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    def deco(factory: BackendFactory) -> BackendFactory:
-        BACKENDS[name] = factory
-        return factory
-
-    return deco
+    return BACKENDS.register(name)
 
 
 def make_backend(name: str, **kwargs: Any) -> Backend:
-    from mark.errors import ConfigError
-
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; registered: {sorted(BACKENDS)}")
-    return BACKENDS[name](**kwargs)
+    return BACKENDS.lookup(name)(**kwargs)
