@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
@@ -93,9 +94,7 @@ class FrontEnd:
                 log.warning("metadata of %s from %s failed: %s", model, inst.id, exc)
                 continue
             if reply.status == 200:
-                import json
-
-                meta = ModelMetadata.from_triton(json.loads(reply.body))
+                meta = ModelMetadata.from_triton(orjson.loads(reply.body))
                 self.fleet.metadata[model] = meta
                 return meta
         raise self._unavailable(model)

@@ -34,7 +34,14 @@ from mark.errors import UpstreamError, UpstreamTimeout
 
 
 class UpstreamConnectionError(UpstreamError):
-    """The instance could not be reached or dropped the connection."""
+    """The instance could not be reached or dropped the connection.
+
+    ``fresh``: nothing of a reply had arrived (safe to resend on another connection).
+    """
+
+    def __init__(self, message: str, fresh: bool = False) -> None:
+        super().__init__(message)
+        self.fresh = fresh
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -105,10 +112,10 @@ class _Conn(asyncio.Protocol):
             self.on_message_complete()  # a body delimited by the end of the connection
             return
         what = "during the reply" if self.got_bytes else "before replying"
-        err = UpstreamConnectionError(f"{self.url}: connection closed {what}"
-                                      + (f": {exc}" if exc else ""))
-        err.fresh = not self.got_bytes  # type: ignore[attr-defined]
-        self._fail(err)
+        self._fail(UpstreamConnectionError(
+            f"{self.url}: connection closed {what}" + (f": {exc}" if exc else ""),
+            fresh=not self.got_bytes,
+        ))
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -235,7 +242,7 @@ class Upstream:
             try:
                 return await self._roundtrip(pool, conn, data)
             except UpstreamConnectionError as exc:
-                if getattr(exc, "fresh", False):
+                if exc.fresh:
                     continue  # the server closed an idle connection; try another one
                 raise
         conn = await self._connect(base, pool)
@@ -249,6 +256,13 @@ class Upstream:
             raise
         self._release(pool, conn)
         return reply
+
+    async def healthy(self, base_url: str) -> bool:
+        """Whether the instance at ``base_url`` answers ``/v2/health/ready`` with 200."""
+        try:
+            return (await self.request("GET", f"{base_url}/v2/health/ready")).status == 200
+        except UpstreamError:
+            return False
 
     def _release(self, pool: _HostPool, conn: _Conn) -> None:
         if conn.reusable() and len(pool.idle) < self.pool_size:

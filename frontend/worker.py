@@ -25,7 +25,6 @@ from frontend.fleet import Fleet
 from frontend.upstream import Upstream
 from mark.backends.base import InstanceState
 from mark.config import MarkConfig
-from mark.errors import UpstreamError
 
 log = logging.getLogger("mark.worker")
 
@@ -35,11 +34,8 @@ async def recheck_unhealthy(fleet: Fleet, upstream: Upstream, every_s: float) ->
     while True:
         await asyncio.sleep(every_s)
         for inst in [i for i in fleet.instances.values() if i.state == InstanceState.UNHEALTHY]:
-            try:
-                ok = (await upstream.request("GET", f"{inst.url}/v2/health/ready")).status == 200
-            except UpstreamError:
-                ok = False
-            if ok and inst.extra.get("remote_state") == InstanceState.READY.value:
+            trusted = inst.extra.get("remote_state") == InstanceState.READY.value
+            if trusted and await upstream.healthy(inst.url):
                 fleet.set_state(inst.id, InstanceState.READY, "health check passed")
 
 

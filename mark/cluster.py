@@ -17,8 +17,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
-
 from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
@@ -126,21 +124,23 @@ class LocalCluster:
 
     async def _health_loop(self) -> None:
         """Take unhealthy instances out of routing; bring recovered ones back."""
-        timeout = aiohttp.ClientTimeout(total=max(1.0, self.cfg.fleet.health_interval_s))
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        interval = self.cfg.fleet.health_interval_s
+        probe = Upstream(pool_size=4, connect_timeout_s=self.cfg.frontend.connect_timeout_s,
+                         timeout_s=max(1.0, interval))
+        try:
             while True:
-                await asyncio.sleep(self.cfg.fleet.health_interval_s)
+                await asyncio.sleep(interval)
                 for inst in list(self.fleet.instances.values()):
-                    ok = False
-                    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                        async with http.get(f"{inst.url}/v2/health/ready") as r:
-                            ok = r.status == 200
                     if inst.state == InstanceState.TERMINATED:
                         self.fleet.remove(inst.id, "terminated")
-                    elif ok and inst.state == InstanceState.UNHEALTHY:
+                        continue
+                    ok = await probe.healthy(inst.url)
+                    if ok and inst.state == InstanceState.UNHEALTHY:
                         self.fleet.set_state(inst.id, InstanceState.READY, "health check passed")
                     elif not ok and inst.state == InstanceState.READY:
                         self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, "health check failed")
+        finally:
+            await probe.close()
 
     async def stop(self) -> None:
         for task in (self._health_task, self._snapshot_task):

@@ -156,23 +156,23 @@ class LoadClient:
 
     async def closed_loop(self, concurrency: int, duration_s: float,
                           warmup_s: float = 0.5) -> LoadResult:
-        """``concurrency`` workers each sending back to back for ``duration_s``."""
-        warm = LoadResult()
-        end_warm = time.perf_counter() + warmup_s
+        """``concurrency`` workers each sending back to back for ``duration_s``.
 
-        async def warm_worker() -> None:
-            while time.perf_counter() < end_warm:
-                await self.one(warm)
+        A warm-up of ``warmup_s`` (same load, not counted) comes first.
+        """
 
-        await asyncio.gather(*(warm_worker() for _ in range(concurrency)))
-        result = LoadResult()
-        start = time.perf_counter()
-        end = start + duration_s
+        async def run_for(seconds: float) -> LoadResult:
+            result = LoadResult()
+            start = time.perf_counter()
+            end = start + seconds
 
-        async def worker() -> None:
-            while time.perf_counter() < end:
-                await self.one(result)
+            async def worker() -> None:
+                while time.perf_counter() < end:
+                    await self.one(result)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result.elapsed_s = time.perf_counter() - start
-        return result
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            result.elapsed_s = time.perf_counter() - start
+            return result
+
+        await run_for(warmup_s)
+        return await run_for(duration_s)

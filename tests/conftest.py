@@ -43,7 +43,7 @@ def empty_frontend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
     cfg = MarkConfig(
         models=[ModelConfig(name="identity", kind="identity")],
         fleet=FleetConfig(instances=0),
-        frontend=FrontendConfig(port=0),
+        frontend=FrontendConfig(port=0, workers=1),
         runtime_dir=tmp_path_factory.mktemp("empty"),
     )
     c = ClusterThread(cfg)

@@ -23,14 +23,26 @@ BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
+    # one process: the tests edit this process's fleet directly (with no local instance,
+    # workers="auto" would start a second front-end process that only follows a snapshot)
     cfg = MarkConfig(models=[ModelConfig(name="identity", kind="identity")],
                      fleet=FleetConfig(instances=0, health_interval_s=3600),
-                     frontend=FrontendConfig(port=0, upstream_timeout_s=0.5),
+                     frontend=FrontendConfig(port=0, upstream_timeout_s=0.5, workers=1),
                      runtime_dir=Path(tmp_path_factory.mktemp("fe-errors")))
     c = ClusterThread(cfg)
     c.cluster.fleet.metadata["identity"] = ModelMetadata.from_triton(META)
     yield c
+    c.call(_close_servers())
     c.stop()
+
+
+_servers: list[asyncio.Server] = []  # closed when the module's front end stops
+
+
+async def _close_servers() -> None:
+    for srv in _servers:
+        srv.close()
+    _servers.clear()
 
 
 async def _scripted(reply: bytes | None, delay_s: float = 0.0) -> str:
@@ -43,6 +55,7 @@ async def _scripted(reply: bytes | None, delay_s: float = 0.0) -> str:
         w.close()
 
     srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+    _servers.append(srv)
     return f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
 
 

@@ -1,8 +1,9 @@
 """The ``mark`` command line: one sub-command per module in this package.
 
 Each sub-command module exposes ``register(subparsers)`` which adds its parser and sets
-``func`` (taking the parsed args, returning an exit code). Modules are imported lazily so
-``mark --help`` stays fast and a heavy dependency of one command never slows another.
+``func`` (taking the parsed args, returning an exit code). A command imports its heavy
+dependencies (aiohttp, numpy, statsmodels, numba) inside ``func``, so one command's never
+slow another; only ``simulate`` reads the policy registry at parse time, to list choices.
 """
 
 from __future__ import annotations

@@ -7,11 +7,14 @@ import asyncio
 import json
 import math
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mark.errors import BadRequest
-from mark.loadgen import LoadClient, LoadResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mark.loadgen import LoadResult
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def arrivals(args: argparse.Namespace) -> np.ndarray:
+    import numpy as np
+
     rng = np.random.default_rng(args.seed)
     if args.rate is not None:
         if args.rate <= 0:
@@ -50,6 +55,8 @@ def arrivals(args: argparse.Namespace) -> np.ndarray:
 
 
 async def _drive(args: argparse.Namespace) -> LoadResult:
+    from mark.loadgen import LoadClient
+
     async with LoadClient(args.url, args.model, timeout_s=args.timeout) as client:
         if args.concurrency is not None:
             return await client.closed_loop(args.concurrency, args.duration)

@@ -19,11 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from mark.config import load_config
 from mark.errors import ConfigError
-from mark.loadgen import build_request
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,8 +46,11 @@ def _batch_compute_ms(stats: dict[str, Any]) -> dict[int, tuple[int, float]]:
 
 async def measure(model: str, cfg_path: str | None, batches: list[int], repeats: int,
                   instance_type: str) -> dict[str, Any]:
+    import aiohttp
+
     from mark.backends.base import LaunchSpec
     from mark.backends.local import LocalBackend
+    from mark.loadgen import build_request
 
     cfg = load_config(cfg_path)
     mcfg = cfg.model(model)
