@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mark.workload.traces import shared_data_dir
+from mark.core.workload.traces import shipped_trace
 
-TWITTER = shared_data_dir() / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
+TWITTER = shipped_trace("twitter-2021-08-week1")
 # CPU types only: with the shipped GPU estimates one g4dn/p2 would carry a whole trace,
 # which says little about provisioning; benches that take --all-types lift this
 CPU_TYPES = ("c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "m5.large", "m5.xlarge",

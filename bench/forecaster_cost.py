@@ -8,9 +8,9 @@ each evaluation trace, one simulation with policy ``mark``, on-demand, CPU types
 - ``twitter``: the first ``--days`` days of the shared Twitter week at its own rate (x1)
   with the Inception-v3 profile (SLO 98% under 500 ms): a fleet of tens of c5.large-class
   instances, as in ``bench/policies.py``;
-- ``low-rate``: the same days scaled by ``mark.workload.scenarios.low_rate`` to a peak of
+- ``low-rate``: the same days scaled by ``mark.core.workload.scenarios.low_rate`` to a peak of
   ``--low-peak`` req/s (about one instance);
-- ``sparse``: ``mark.workload.scenarios.sparse_diurnal(--days, --low-peak, seed=0)``.
+- ``sparse``: ``mark.core.workload.scenarios.sparse_diurnal(--days, --low-peak, seed=0)``.
 
 Columns: $ per million requests, cost as a ratio to the cheapest forecaster that meets the
 SLO on that trace, SLO attainment, spill share; ``MAPE@1`` of the forecaster's expected
@@ -54,8 +54,8 @@ sys.path.insert(0, str(REPO))
 
 from common import CPU_TYPES, TWITTER  # noqa: E402
 
-from mark.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
-from mark.workload.traces import Trace, load_trace  # noqa: E402
+from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
+from mark.core.workload.traces import Trace, load_trace  # noqa: E402
 from provisioner.base import Slo  # noqa: E402
 from provisioner.forecast import (  # noqa: E402
     DEFAULT_FORECAST,

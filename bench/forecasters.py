@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from common import TWITTER  # noqa: E402
 
-from mark.workload.traces import Trace, load_trace  # noqa: E402
+from mark.core.workload.traces import Trace, load_trace  # noqa: E402
 from predictor import PeakRateForecaster, backtest, make_forecaster  # noqa: E402
 from predictor.backtest import BacktestResult  # noqa: E402
 

@@ -6,9 +6,9 @@ CPU types only, on-demand):
 
 - ``twitter``: the shared Twitter week at its own rate (x1, a fleet of c5.xlarge-class
   instances), the first ``--days`` days;
-- ``low-rate``: the same days scaled (:func:`mark.workload.scenarios.low_rate`) so the
+- ``low-rate``: the same days scaled (:func:`mark.core.workload.scenarios.low_rate`) so the
   peak minute is ``LOW_PEAK_RPS`` (about one c5.xlarge under the SLO);
-- ``sparse``: :func:`mark.workload.scenarios.sparse_diurnal` (seeded): a diurnal rate
+- ``sparse``: :func:`mark.core.workload.scenarios.sparse_diurnal` (seeded): a diurnal rate
   peaking at ``SPARSE_PEAK_RPS``, idle at night and in on/off gaps by day.
 
 For each: cost per million requests, SLO attainment, spill share, each cost as a ratio to
@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from common import CPU_TYPES, TWITTER  # noqa: E402
 
+from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
+from mark.core.workload.traces import load_trace  # noqa: E402
 from mark.sim.simulator import simulate  # noqa: E402
-from mark.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
-from mark.workload.traces import load_trace  # noqa: E402
 from provisioner.base import Slo  # noqa: E402
 
 POLICIES = ("oracle", "mark", "mark-no-faas", "lambda", "batch", "sagemaker")
@@ -66,8 +66,8 @@ def traces(days: int) -> list[tuple[str, np.ndarray]]:
 def crossover() -> dict[str, float]:
     """Closed form vs the planner, with Lambda at batch 1 (Inception-v3 does not batch on
     Lambda within 500 ms anyway)."""
-    from mark.catalogue import load_catalogue
-    from mark.profiles import load_profile
+    from mark.core.catalogue import load_catalogue
+    from mark.core.profiles import load_profile
     from provisioner.base import InstanceView, PolicyContext, Snapshot, make_policy
     from provisioner.faas_batching import choose_faas_config
     from provisioner.faas_tier import crossover, faas_tier_cost_per_request

@@ -18,9 +18,9 @@ from frontend.protocol import ModelMetadata, parse_infer
 from frontend.timing import RequestTiming, TimingLog
 from frontend.upstream import Upstream, UpstreamConnectionError
 from mark import __version__
-from mark.backends.base import InstanceState
-from mark.config import MarkConfig
-from mark.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError
+from mark.core.config import MarkConfig
+from mark.core.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError
+from mark.core.instances import InstanceState
 
 log = logging.getLogger(__name__)
 _app_ids = itertools.count(1)

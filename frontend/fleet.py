@@ -11,7 +11,7 @@ from typing import Any
 
 from frontend.protocol import ModelMetadata
 from frontend.routing import WeightedRoundRobin
-from mark.backends.base import Instance, InstanceState, Market
+from mark.core.instances import Instance, InstanceState, Market
 
 log = logging.getLogger(__name__)
 

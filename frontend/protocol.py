@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from mark.errors import BadRequest
+from mark.core.errors import BadRequest
 
 # bytes per element of each fixed-size v2 datatype; BYTES is length-prefixed
 DTYPE_SIZES: dict[str, int] = {

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from mark.errors import UpstreamError, UpstreamTimeout
+from mark.core.errors import UpstreamError, UpstreamTimeout
 
 
 class UpstreamConnectionError(UpstreamError):

@@ -23,8 +23,8 @@ from pathlib import Path
 from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
-from mark.backends.base import InstanceState
-from mark.config import MarkConfig
+from mark.core.config import MarkConfig
+from mark.core.instances import InstanceState
 
 log = logging.getLogger("mark.worker")
 

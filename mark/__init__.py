@@ -1,7 +1,7 @@
 """mark: SLO-aware, cost-minimising inference serving (MArk-style)."""
 
-from mark.clock import Clock, VirtualClock, WallClock
-from mark.errors import (
+from mark.core.clock import Clock, VirtualClock, WallClock
+from mark.core.errors import (
     BadRequest,
     ConfigError,
     MarkError,

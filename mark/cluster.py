@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
-from mark.backends.base import Instance, InstanceState, LaunchSpec
+from mark.backends.base import LaunchSpec
 from mark.backends.local import LocalBackend, die_with_parent, free_port
-from mark.config import MarkConfig
+from mark.core.config import MarkConfig
+from mark.core.instances import Instance, InstanceState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

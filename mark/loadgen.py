@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from mark.errors import UpstreamError
+from mark.core.errors import UpstreamError
 
 _TEXTS = (
     "the quick brown fox jumps over the lazy dog",

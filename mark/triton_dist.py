@@ -17,7 +17,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ Metrics, per horizon k (steps ahead):
 
 Steps of a per-second Trace that overlap a collection gap (an improbable run of zero
 seconds, such as the Twitter week's daily 29-minute hole or its 10-40 s hiccups, see
-:func:`mark.workload.traces.collection_gaps`) are missing by default: the forecaster is fed
+:func:`mark.core.workload.traces.collection_gaps`) are missing by default: the forecaster is fed
 NaN and they are not scored, because they measure the collector, not the demand.
 
-A :class:`~mark.workload.traces.Trace` is scored in requests per second: mean rate per
+A :class:`~mark.core.workload.traces.Trace` is scored in requests per second: mean rate per
 step, or with ``target="peak"`` the per-second peak within each step (this needs a
 per-second trace); a :class:`~predictor.peak.PeakRateForecaster` is then fed both the mean
 and the peak of each step.
@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mark.workload.traces import Trace, collection_gaps
+from mark.core.workload.traces import Trace, collection_gaps
 from predictor.base import Forecaster, make_forecaster
 from predictor.peak import PeakRateForecaster
 
@@ -133,7 +133,7 @@ def backtest(
         every: steps between origins.
         max_origins: cap on the number of origins (the stride grows to fit).
         mask_gaps: for a per-second Trace, treat steps overlapping a collection gap
-            (:func:`mark.workload.traces.collection_gaps`) as missing: fed as NaN, not scored.
+            (:func:`mark.core.workload.traces.collection_gaps`) as missing: fed as NaN, not scored.
         clock: seconds, for the timing (injected in tests).
     """
     if horizon < 1 or every < 1:

@@ -31,8 +31,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from mark.errors import ConfigError
-from mark.registry import Registry
+from mark.core.errors import ConfigError
+from mark.core.registry import Registry
 
 _BUILTIN_MODULES = (
     "predictor.simple",

@@ -12,7 +12,7 @@ budget the hot path compares predicted latency with (spill), plus the FaaS batch
 The hot path applies these numbers per request; the policy never sees single requests.
 
 Policies are registered by name (:func:`register_policy`) and built with
-:func:`make_policy`, which raises :class:`~mark.errors.ConfigError` listing the registered
+:func:`make_policy`, which raises :class:`~mark.core.errors.ConfigError` listing the registered
 names for an unknown one.
 """
 
@@ -25,10 +25,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mark.catalogue import Catalogue
-from mark.errors import ConfigError
-from mark.profiles import Profile
-from mark.registry import Registry
+from mark.core.catalogue import Catalogue
+from mark.core.errors import ConfigError
+from mark.core.profiles import Profile
+from mark.core.registry import Registry
 
 ON_DEMAND = "on_demand"
 SPOT = "spot"

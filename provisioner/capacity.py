@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from mark.sim import kernels
+from mark.core import queueing
 from provisioner.base import BatchConfig, PolicyContext, ServingPlan, Slo, TypeServing
 
 N_REQUESTS = 20_000
@@ -36,17 +36,17 @@ def single_instance_latencies(
     arr = np.cumsum(rng.exponential(1.0 / rate_rps, size=n))
     mb = min(batch.max_batch, svc_s.shape[0] - 1)
     svc = np.ascontiguousarray(svc_s[None, : mb + 1], dtype=np.float64)
-    fstate = np.zeros((1, kernels.N_FSTATE))
-    istate = np.zeros((1, kernels.N_ISTATE), dtype=np.int64)
+    fstate = np.zeros((1, queueing.N_FSTATE))
+    istate = np.zeros((1, queueing.N_ISTATE), dtype=np.int64)
     done = np.zeros(n + 1)
     size = np.zeros(n + 1, dtype=np.int32)
     bid = np.empty(n, dtype=np.int64)
-    nb = kernels.serve_segment(
+    nb = queueing.serve_segment(
         arr, np.zeros(n, dtype=np.int32), svc, np.array([mb], dtype=np.int32),
         np.array([batch.max_queue_delay_s]), np.array([np.inf]), fstate, istate, done, size, 0,
         bid, np.zeros(1),
     )
-    kernels.flush_instance(0, svc, np.array([batch.max_queue_delay_s]), fstate, istate, done,
+    queueing.flush_instance(0, svc, np.array([batch.max_queue_delay_s]), fstate, istate, done,
                            size, np.zeros(1))
     del nb
     return done[bid] - arr

@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from mark.billing import lambda_cost_per_invocation_usd
-from mark.errors import ConfigError
+from mark.core.billing import lambda_cost_per_invocation_usd
+from mark.core.errors import ConfigError
 from provisioner.base import FaasConfig, PolicyContext
 from provisioner.capacity import slo_budget_s
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 
 class PeakForecast(Protocol):

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 from provisioner.base import (
     Decision,
     FaasConfig,

@@ -6,7 +6,7 @@ flight, the batch it would join and the profile's service time for the grown bat
 :func:`predict_latency_s`) against the type's *wait budget* from :meth:`SpillPolicy.wait_budget_s`.
 The budget is the SLO bound less the network overhead and a safety margin, so every request
 kept on IaaS meets the bound when the prediction is right; the percentile's slack is left to
-the FaaS side (cold starts). ``mark/sim/kernels.py`` applies exactly this rule in bulk.
+the FaaS side (cold starts). ``mark/core/queueing.py`` applies exactly this rule in bulk.
 """
 
 from __future__ import annotations

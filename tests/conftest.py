@@ -6,18 +6,15 @@ thread, so blocking clients such as ``tritonclient`` can talk to them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mark.cluster import ClusterThread
-from mark.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MARK_SHARED_DIR", REPO.parent / "shared"))
-TRACES = SHARED / "data" / "traces"
 
 MAIN_WEIGHTS = [1.0, 2.0, 3.0]
 MAX_BODY = 1 << 20

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mark.workload.arrivals import (
+from mark.core.workload.arrivals import (
     MMPPSample,
     mmpp_arrivals,
     mmpp_sample,
@@ -23,7 +23,7 @@ from mark.workload.arrivals import (
     spread_trace,
     surge_rate,
 )
-from mark.workload.traces import Trace
+from mark.core.workload.traces import Trace
 
 Z = 4.0  # standard errors allowed
 

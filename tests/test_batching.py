@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mark.catalogue import load_catalogue
-from mark.profiles import load_profile
+from mark.core.catalogue import load_catalogue
+from mark.core.profiles import load_profile
 from provisioner.base import BatchConfig, PolicyContext, Slo
 from provisioner.batching import candidate_batches, choose_batching
 from provisioner.capacity import capacity_rps, latency_quantile

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mark.billing import billed_seconds, instance_cost_usd, lambda_billed_ms, lambda_cost_usd
-from mark.catalogue import load_catalogue
+from mark.core.billing import billed_seconds, instance_cost_usd, lambda_billed_ms, lambda_cost_usd
+from mark.core.catalogue import load_catalogue
 
 
 def test_sixty_second_minimum_and_per_second_rounding() -> None:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mark.catalogue import load_catalogue, parse_catalogue
-from mark.errors import ConfigError
-from mark.profiles import load_profile, parse_profile, shipped_profiles
+from mark.core.catalogue import load_catalogue, parse_catalogue
+from mark.core.errors import ConfigError
+from mark.core.profiles import load_profile, parse_profile, shipped_profiles
 
 REQUIRED = ["c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "m5.large", "t3.medium",
             "p2.xlarge", "p3.2xlarge", "g4dn.xlarge"]
@@ -100,7 +100,7 @@ def test_bad_profiles_are_refused(tmp_path) -> None:
 
 
 def test_profile_from_measurements_round_trips() -> None:
-    from mark.profiles import profile_from_measurements
+    from mark.core.profiles import profile_from_measurements
 
     p = profile_from_measurements("minilm", "local", {1: 15.0, 8: 42.0, 32: 120.0})
     assert p.service_s("local", 4) == pytest.approx((15 + 27 * 3 / 7) / 1000)

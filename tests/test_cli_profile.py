@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mark.cli import main
-from mark.profiles import load_profile
+from mark.core.profiles import load_profile
 
 pytestmark = pytest.mark.triton
 

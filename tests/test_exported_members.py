@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["mark", "frontend", "predictor", "provisioner", "mark.workload", "mark.sim"]
+PACKAGES = ["mark", "frontend", "predictor", "provisioner", "mark.core.workload", "mark.sim"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

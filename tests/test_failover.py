@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from mark.cluster import ClusterThread
-from mark.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 from mark.loadgen import LoadClient
 
 pytestmark = pytest.mark.triton

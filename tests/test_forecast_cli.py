@@ -5,23 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from mark.cli import forecast
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
+from mark.core.workload.traces import shipped_trace
 
-
-def traces_dir() -> Path:
-    env = os.environ.get("MARK_SHARED_DIR")
-    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "data" / "traces"
-
-
-MARK_CSV = traces_dir() / "mark-tweet-load-per-minute.csv"
-TWITTER = traces_dir() / "twitter-2021-08-week1.txt.gz"
+MARK_CSV = shipped_trace("mark-tweet-load-per-minute")
+TWITTER = shipped_trace("twitter-2021-08-week1")
 
 
 def run(argv: list[str]) -> int:

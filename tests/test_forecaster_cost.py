@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mark.cli import main
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 from predictor import Adaptive, available_forecasters, make_forecaster
 from provisioner.forecast import (
     DEFAULT_FORECAST,

@@ -4,15 +4,14 @@ the shared Twitter week."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from mark.errors import ConfigError
-from mark.workload.traces import Trace, load_trace
+from mark.core.errors import ConfigError
+from mark.core.workload.traces import Trace, load_trace, shipped_trace
 from predictor import (
     Forecast,
     Forecaster,
@@ -41,9 +40,7 @@ def seasonal_series(n_seasons: int = 16, seed: int = 42) -> np.ndarray:
 
 
 def twitter_path() -> Path:
-    env = os.environ.get("MARK_SHARED_DIR")
-    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
+    return shipped_trace("twitter-2021-08-week1")
 
 
 # ---- registry ------------------------------------------------------------------------

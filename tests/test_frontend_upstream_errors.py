@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from frontend.protocol import ModelMetadata
-from mark.backends.base import Instance, InstanceState, Market
 from mark.cluster import ClusterThread
-from mark.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.instances import Instance, InstanceState, Market
 
 META = {"name": "identity", "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 16]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1, 16]}]}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mark.catalogue import load_catalogue
-from mark.profiles import load_profile
+from mark.core.catalogue import load_catalogue
+from mark.core.profiles import load_profile
 from provisioner import greedy_plan
 from provisioner.base import InstanceView, PolicyContext, Slo, Snapshot, make_policy
 from provisioner.greedy import Candidate, MArkGreedy
@@ -95,7 +95,7 @@ def test_notice_instances_are_replaced(ctx: PolicyContext) -> None:
 
 
 def test_unknown_policy_lists_registered(ctx: PolicyContext) -> None:
-    from mark.errors import ConfigError
+    from mark.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"registered: .*mark.*oracle.*sagemaker"):
         make_policy("nope", ctx)

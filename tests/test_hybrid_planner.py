@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mark.catalogue import load_catalogue
-from mark.profiles import load_profile, parse_profile
+from mark.core.catalogue import load_catalogue
+from mark.core.profiles import load_profile, parse_profile
+from mark.core.workload.scenarios import sparse_diurnal
 from mark.sim.multi import ModelRun, simulate_models
 from mark.sim.simulator import simulate
-from mark.workload.scenarios import sparse_diurnal
 from provisioner.base import (
     Decision,
     FaasConfig,

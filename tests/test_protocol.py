@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from frontend.protocol import ModelMetadata, parse_infer
-from mark.errors import BadRequest
+from mark.core.errors import BadRequest
 
 IDENT = ModelMetadata.from_triton({
     "name": "identity",

@@ -1,7 +1,7 @@
 import pytest
 
-from mark.errors import ConfigError
-from mark.registry import Registry
+from mark.core.errors import ConfigError
+from mark.core.registry import Registry
 
 
 def test_registry_registers_looks_up_and_lists() -> None:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mark.errors import ConfigError
-from mark.workload import Trace, low_rate, sparse_diurnal
+from mark.core.errors import ConfigError
+from mark.core.workload import Trace, low_rate, sparse_diurnal
 
 
 def test_low_rate_sets_the_windowed_peak() -> None:

@@ -20,8 +20,8 @@ def test_sim_exports_simulate() -> None:
 def test_every_registered_policy_satisfies_the_protocol() -> None:
     import numpy as np
 
-    from mark.catalogue import load_catalogue
-    from mark.profiles import load_profile
+    from mark.core.catalogue import load_catalogue
+    from mark.core.profiles import load_profile
 
     ctx = provisioner.PolicyContext(load_catalogue(), load_profile("minilm"),
                                     trace_counts=np.full(600, 100))

@@ -3,26 +3,19 @@ cheapest; FaaS rules (cold starts, concurrency limit, per-ms billing) hold."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mark.catalogue import load_catalogue
+from mark.core.catalogue import load_catalogue
+from mark.core.workload.traces import load_trace, shipped_trace
 from mark.sim.simulator import simulate
-from mark.workload.traces import load_trace
 from provisioner.base import POLICIES, Slo
 
-SHARED = Path(os.environ.get("MARK_SHARED_DIR",
-                             Path(__file__).resolve().parents[1].parent / "shared"))
-TWITTER = SHARED / "data" / "traces" / "twitter-2021-08-week1.txt.gz"
+TWITTER = shipped_trace("twitter-2021-08-week1")
 
 
 @pytest.fixture(scope="module")
 def twitter_slice() -> np.ndarray:
-    if not TWITTER.exists():
-        pytest.skip(f"shared trace not found: {TWITTER}")
     # 1:00 to 3:00 of day one: contains one of the 4-5x bursts (at about 1:35)
     return load_trace(TWITTER).slice(3600, 3 * 3600).counts
 
@@ -87,8 +80,8 @@ def test_lambda_cold_starts_concurrency_and_per_ms_billing() -> None:
     assert lat[-1] < 0.1  # warm
     assert lat[:10].max() > 1.0  # cold starts
     # cost: per-ms billing of each invocation (3 with the billed 1 s init) + per request
-    from mark.billing import lambda_cost_usd
-    from mark.profiles import load_profile
+    from mark.core.billing import lambda_cost_usd
+    from mark.core.profiles import load_profile
     from provisioner.base import PolicyContext, make_policy
 
     pol = make_policy("lambda", PolicyContext(cat, load_profile("minilm")))
@@ -102,7 +95,7 @@ def test_lambda_cold_starts_concurrency_and_per_ms_billing() -> None:
 
 
 def test_bad_counts_are_refused() -> None:
-    from mark.errors import ConfigError
+    from mark.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="non-negative"):
         simulate(np.array([1, -2, 3]), "mark")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mark.sim import kernels
+from mark.core import queueing
+from mark.core.workload.arrivals import rates_to_trace, surge_rate
 from mark.sim.simulator import simulate
-from mark.workload.arrivals import rates_to_trace, surge_rate
 from provisioner.base import BatchConfig, Slo
 from provisioner.spill import SpillPolicy, predict_latency_s
 
@@ -18,22 +18,22 @@ def test_prediction_matches_the_kernel() -> None:
     svc = np.array([0.0, 0.015, 0.019, 0.023, 0.027])
     cfg = BatchConfig(4, 0.004)
     arr = np.cumsum(rng.exponential(1 / 180.0, size=3000))
-    fstate = np.zeros((1, kernels.N_FSTATE))
-    istate = np.zeros((1, kernels.N_ISTATE), dtype=np.int64)
+    fstate = np.zeros((1, queueing.N_FSTATE))
+    istate = np.zeros((1, queueing.N_ISTATE), dtype=np.int64)
     done = np.zeros(4000)
     size = np.zeros(4000, dtype=np.int32)
     nb = 0
     for i, t in enumerate(arr):
-        open_n = int(istate[0, kernels.CNT])
-        pred, oldest = predict_latency_s(t, fstate[0, kernels.BUSY],
-                                         fstate[0, kernels.A0] if open_n else None, open_n, cfg,
+        open_n = int(istate[0, queueing.CNT])
+        pred, oldest = predict_latency_s(t, fstate[0, queueing.BUSY],
+                                         fstate[0, queueing.A0] if open_n else None, open_n, cfg,
                                          svc)
         bid = np.empty(1, dtype=np.int64)
-        nb = kernels.serve_segment(arr[i : i + 1], np.zeros(1, np.int32), svc[None, :],
+        nb = queueing.serve_segment(arr[i : i + 1], np.zeros(1, np.int32), svc[None, :],
                                    np.array([4], np.int32), np.array([cfg.max_queue_delay_s]),
                                    np.array([np.inf]), fstate, istate, done, size, nb, bid,
                                    np.zeros(1))
-        kernels.flush_instance(0, svc[None, :], np.array([cfg.max_queue_delay_s]),
+        queueing.flush_instance(0, svc[None, :], np.array([cfg.max_queue_delay_s]),
                                fstate.copy(), istate.copy(), done, size.copy(), np.zeros(1))
         assert oldest >= pred - 1e-12
         # the request finishes no later than predicted (a batch may fill and leave early)

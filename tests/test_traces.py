@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mark.errors import ConfigError
-from mark.workload.traces import Trace, collection_gaps, load_trace, shared_data_dir
+from mark.core.errors import ConfigError
+from mark.core.workload.traces import (
+    SHIPPED_TRACES,
+    Trace,
+    collection_gaps,
+    load_trace,
+    resolve_trace,
+    shipped_trace,
+)
 
-
-def traces_dir() -> Path:
-    env = os.environ.get("MARK_SHARED_DIR")
-    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "data" / "traces"
-
-
-TWITTER = traces_dir() / "twitter-2021-08-week1.txt.gz"
-MARK_CSV = traces_dir() / "mark-tweet-load-per-minute.csv"
+TWITTER = shipped_trace("twitter-2021-08-week1")
+MARK_CSV = shipped_trace("mark-tweet-load-per-minute")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -33,7 +32,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_public_face_is_in_sync() -> None:
-    import mark.workload as workload
+    import mark.core.workload as workload
 
     assert workload.__all__ == sorted(workload.__all__)
     assert all(hasattr(workload, name) for name in workload.__all__)
@@ -228,7 +227,19 @@ def test_twitter_daily_gaps_are_found() -> None:
     assert minutes.sum() < 7 * 35  # and only a few short hiccups besides
 
 
-def test_shared_data_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert shared_data_dir() / "data" / "traces" == traces_dir()
-    monkeypatch.setenv("MARK_SHARED_DIR", str(tmp_path))
-    assert shared_data_dir() == tmp_path
+def test_shipped_traces_live_inside_the_package() -> None:
+    import mark
+
+    pkg = Path(mark.__file__).resolve().parent
+    for stem, fname in SHIPPED_TRACES.items():
+        path = shipped_trace(stem)
+        assert path.is_file() and pkg in path.parents
+        assert resolve_trace(stem) == path == resolve_trace(fname)
+    assert load_trace("twitter-2021-08-week1").counts.size == 604_800
+
+
+def test_unknown_trace_names_the_shipped_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no such trace file.*twitter-2021-08-week1"):
+        load_trace(tmp_path / "missing.txt")
+    with pytest.raises(ConfigError, match="unknown shipped trace 'nope'"):
+        shipped_trace("nope")

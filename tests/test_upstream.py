@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamProtocolError
-from mark.errors import UpstreamTimeout
+from mark.core.errors import UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

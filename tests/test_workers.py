@@ -13,9 +13,9 @@ import pytest
 
 from frontend.fleet import Fleet
 from frontend.worker import follow
-from mark.backends.base import Instance, InstanceState, Market
 from mark.cluster import ClusterThread
-from mark.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.instances import Instance, InstanceState, Market
 
 BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
                                "data": [1.0] * 16}]}).encode()

@@ -22,17 +22,11 @@ from typing import BinaryIO
 
 import aiohttp
 
-from mark.backends.base import (
-    Instance,
-    InstanceState,
-    InterruptionNotice,
-    LaunchSpec,
-    Market,
-    register_backend,
-)
-from mark.clock import Clock, WallClock
-from mark.config import ModelConfig
-from mark.errors import ServiceUnavailable
+from mark.backends.base import LaunchSpec, register_backend
+from mark.core.clock import Clock, WallClock
+from mark.core.config import ModelConfig
+from mark.core.errors import ServiceUnavailable
+from mark.core.instances import Instance, InstanceState, Market
 from mark.models.repository import write_model_repository
 from mark.triton_dist import prepare_triton
 
@@ -208,12 +202,6 @@ class LocalBackend:
         if watcher is not None:
             await asyncio.gather(watcher, return_exceptions=True)
         log.info("terminated %s", instance_id)
-
-    async def list_instances(self) -> list[Instance]:
-        return list(self._instances.values())
-
-    async def interruption_notices(self) -> list[InterruptionNotice]:
-        return []  # local processes are never reclaimed
 
     async def close(self) -> None:
         await asyncio.gather(*(self.terminate(i) for i in list(self._procs)))

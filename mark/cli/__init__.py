@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mark.errors import MarkError
+from mark.core.errors import MarkError
 
 # sub-command module names under mark.cli, in help order
 COMMANDS: tuple[str, ...] = ("up", "load", "forecast", "simulate", "profile")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from predictor.backtest import BacktestResult
@@ -88,7 +88,7 @@ def _params(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the backtest and report; returns the exit code."""
-    from mark.workload.traces import load_trace
+    from mark.core.workload.traces import load_trace
     from predictor.backtest import backtest
     from predictor.base import forecaster_parameters, make_forecaster
     from predictor.peak import PeakRateForecaster

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mark.errors import BadRequest
+from mark.core.errors import BadRequest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,8 +42,8 @@ def arrivals(args: argparse.Namespace) -> np.ndarray:
             raise BadRequest(f"--rate must be > 0, got {args.rate}")
         n = rng.poisson(args.rate * args.duration)
         return np.sort(rng.uniform(0.0, args.duration, n))
-    from mark.workload.arrivals import spread_trace
-    from mark.workload.traces import load_trace
+    from mark.core.workload.arrivals import spread_trace
+    from mark.core.workload.traces import load_trace
 
     if args.speedup <= 0:
         raise BadRequest(f"--speedup must be > 0, got {args.speedup}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
@@ -103,9 +103,9 @@ def forecaster_policy_kw(policy: str, name: str | None, params: dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    from mark.catalogue import load_catalogue
+    from mark.core.catalogue import load_catalogue
+    from mark.core.workload.traces import load_trace
     from mark.sim.simulator import simulate
-    from mark.workload.traces import load_trace
     from provisioner.base import POLICIES, Slo
 
     if args.policy not in POLICIES:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 
-from mark.config import load_config
+from mark.core.config import load_config
 
 log = logging.getLogger("mark.up")
 

@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mark.config import ModelConfig
+from mark.core.config import ModelConfig
 
 _HERE = Path(__file__).resolve().parent
 

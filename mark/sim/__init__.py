@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["SimResult", "simulate"]
 
 
-def __getattr__(name: str) -> Any:  # lazy: provisioner imports mark.sim.kernels
+def __getattr__(name: str) -> Any:  # lazy: provisioner imports mark.core.queueing
     if name in __all__:
         from mark.sim import simulator
 

@@ -4,7 +4,7 @@ Events are ``(time_s, priority, seq, callback)``; the ``itertools.count`` sequen
 events due at the same time and priority run in the order they were scheduled, so runs are
 deterministic. :meth:`Environment.step` pops one event, advances the clock and calls it;
 :meth:`Environment.run` loops until a time or until the schedule is empty.
-Requests are not events here: see ``kernels.py`` for how they are served in bulk.
+Requests are not events here: see ``queueing.py`` for how they are served in bulk.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mark.clock import VirtualClock
+from mark.core.clock import VirtualClock
 
 Callback = Callable[[], None]
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mark.billing import instance_cost_usd
-from mark.sim import kernels
+from mark.core import queueing
+from mark.core.billing import instance_cost_usd
 
 if TYPE_CHECKING:
     from mark.sim.simulator import World
@@ -66,7 +66,7 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
     spec = world.cat.lambda_
     prof = world.ctx.profile.lambda_
     if prof is None:
-        from mark.errors import ConfigError
+        from mark.core.errors import ConfigError
 
         raise ConfigError(f"profile {world.ctx.profile.model!r} has no 'lambda' section")
     mems = sorted({int(m) for m in spec.memory_mb} | {f.memory_mb for _, f in world.faas_changes})
@@ -88,7 +88,7 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
         pm[k:] = mems.index(f.memory_mb)
         pw[k:] = f.provisioned
     stats = np.zeros(5)
-    kernels.serve_faas(
+    queueing.serve_faas(
         np.ascontiguousarray(world.arr[spilled_idx]), float(step), pb, pt, pm, pw,
         np.array(mems, dtype=np.float64), svc, spec.cold_start_s, spec.keep_alive_s,
         spec.concurrency_limit, spec.init_billed, spec.billing_granularity_ms, lat, stats,

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mark.catalogue import Catalogue, load_catalogue
-from mark.profiles import Profile
+from mark.core.catalogue import Catalogue, load_catalogue
+from mark.core.profiles import Profile
 from mark.sim.metrics import SimResult
 from provisioner.base import Slo
 
@@ -73,7 +73,7 @@ def simulate_models(runs: Sequence[ModelRun], *, catalogue: Catalogue | None = N
     cat = catalogue or load_catalogue()
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        from mark.errors import ConfigError
+        from mark.core.errors import ConfigError
 
         raise ConfigError(f"model names must be unique, got {names}")
     out: dict[str, SimResult] = {}

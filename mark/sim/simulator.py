@@ -6,10 +6,10 @@ ticks, instances becoming ready after their launch delay, spot interruption noti
 minutes before the reclaim) and reclaims. Before any event changes the fleet, the requests
 that arrived since the previous one are routed by :class:`frontend.routing.WeightedRoundRobin`
 (one schedule per fleet, weights = capacities in requests/s, tiled with numpy) and served by
-:func:`mark.sim.kernels.serve_segment` (Triton dynamic batching, spill test). Spilled
-requests are served at the end by :func:`mark.sim.kernels.serve_faas` (buffer, cold starts,
+:func:`mark.core.queueing.serve_segment` (Triton dynamic batching, spill test). Spilled
+requests are served at the end by :func:`mark.core.queueing.serve_faas` (buffer, cold starts,
 concurrency limit, per-ms billing), which is exact because FaaS does not feed back into the
-fleet. Billing follows :mod:`mark.billing`.
+fleet. Billing follows :mod:`mark.core.billing`.
 
 The service is assumed running at t=0: the policy's first decision sees the trace's first
 ``PREROLL_S`` seconds as its past (a pre-roll) and what it launches is ready at once.
@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from frontend.routing import WeightedRoundRobin
-from mark.catalogue import Catalogue, load_catalogue
-from mark.errors import ConfigError
-from mark.profiles import Profile, load_profile
-from mark.sim import kernels
+from mark.core import queueing
+from mark.core.catalogue import Catalogue, load_catalogue
+from mark.core.errors import ConfigError
+from mark.core.profiles import Profile, load_profile
+from mark.core.workload.arrivals import spread_trace
+from mark.core.workload.traces import Trace
 from mark.sim.core import PRIO_CONTROL, PRIO_NORMAL, PRIO_URGENT, Environment
 from mark.sim.metrics import SimResult, summarise
-from mark.workload.arrivals import spread_trace
-from mark.workload.traces import Trace
 from provisioner.base import (
     SPOT,
     Decision,
@@ -55,7 +55,7 @@ PREROLL_S = 600  # WRR picks per routing pattern; tiled over a segment
 def spread_arrivals(counts: np.ndarray, seed: int) -> np.ndarray:
     """Arrival times (s, sorted float64): ``counts[s]`` requests uniform in [s, s+1).
 
-    The workload layer's :func:`~mark.workload.arrivals.spread_trace` (vectorised: one
+    The workload layer's :func:`~mark.core.workload.arrivals.spread_trace` (vectorised: one
     uniform per request, one sort).
     """
     return spread_trace(Trace(np.asarray(counts, dtype=np.int64), 1), seed)
@@ -129,8 +129,8 @@ class World:
         mb = np.ones(cap, dtype=np.int32)
         delay = np.zeros(cap)
         budget = np.full(cap, np.inf)
-        fstate = np.zeros((cap, kernels.N_FSTATE))
-        istate = np.zeros((cap, kernels.N_ISTATE), dtype=np.int64)
+        fstate = np.zeros((cap, queueing.N_FSTATE))
+        istate = np.zeros((cap, queueing.N_ISTATE), dtype=np.int64)
         busy = np.zeros(cap)
         if old is not None:
             k = old.shape[0]
@@ -155,7 +155,7 @@ class World:
             assign = np.full(n, -1, dtype=np.int32)
             if self.plan is None or not self.plan.spill:
                 self.failed[i0:i1] = True
-        self.next_bid = kernels.serve_segment(
+        self.next_bid = queueing.serve_segment(
             self.arr[i0:i1], assign, self.svc, self.mb, self.delay, self.budget, self.fstate,
             self.istate, self.batch_done, self.batch_size, self.next_bid, self.out_bid[i0:i1],
             self.busy,
@@ -250,7 +250,7 @@ class World:
         if inst.state == "terminated":
             return
         self.advance(self.env.now)
-        busy_until = kernels.flush_instance(inst.slot, self.svc, self.delay, self.fstate,
+        busy_until = queueing.flush_instance(inst.slot, self.svc, self.delay, self.fstate,
                                             self.istate, self.batch_done, self.batch_size,
                                             self.busy)
         was_serving = inst.state in ("ready", "notice")

@@ -19,7 +19,7 @@ File format (JSON; ``mark profile --json F`` writes the same shape)::
 largest listed are refused. ``lambda`` is optional; its times are measured at ``memory_mb``
 and scaled to other memory sizes with :func:`amdahl_speedup` of the vCPU share.
 
-Shipped profiles live in ``mark/data/profiles/``; :func:`load_profile` accepts a path or a
+Shipped profiles live in ``mark/core/data/profiles/``; :func:`load_profile` accepts a path or a
 shipped name (``minilm``, ``inception-v3``, ...).
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 
@@ -80,7 +80,7 @@ class LambdaProfile:
     def service_s(self, memory_mb: float, batch: int, mb_per_vcpu: float = 1769.0,
                   max_vcpu: float = 6.0) -> float:
         """Service time of a batch at ``memory_mb``, scaled from the measured memory size."""
-        from mark.catalogue import lambda_vcpu
+        from mark.core.catalogue import lambda_vcpu
 
         def share(m: float) -> float:
             return lambda_vcpu(m, mb_per_vcpu, max_vcpu)
@@ -189,7 +189,7 @@ def profile_from_measurements(
 
 
 def shipped_profiles() -> list[str]:
-    """Names of the profiles shipped in ``mark/data/profiles``."""
+    """Names of the profiles shipped in ``mark/core/data/profiles``."""
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
 

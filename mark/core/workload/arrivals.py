@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mark.workload.traces import Trace
+from mark.core.workload.traces import Trace
 
 Seed = int | np.random.Generator | None
 

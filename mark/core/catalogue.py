@@ -1,8 +1,8 @@
 """The catalogue: instance types, markets and Lambda, with prices and delays.
 
-The shipped file is ``mark/data/catalogue.json`` (us-east-1, dated; its ``sources`` block says
+The shipped file is ``mark/core/data/catalogue.json`` (us-east-1, dated; its ``sources`` block says
 where every number comes from). :func:`load_catalogue` validates a file of that shape and
-raises :class:`~mark.errors.ConfigError` naming the offending field.
+raises :class:`~mark.core.errors.ConfigError` naming the offending field.
 
 Units are in the names: ``_usd_per_h``, ``_s``, ``_mb``, ``_gib``.
 """
@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 DEFAULT_CATALOGUE = Path(__file__).resolve().parent / "data" / "catalogue.json"
 HOURS_PER_MONTH = 730.0

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from mark.catalogue import LambdaSpec
+from mark.core.catalogue import LambdaSpec
 
 
 def billed_seconds(lifetime_s: float, minimum_s: float = 60.0, granularity_s: float = 1.0) -> float:

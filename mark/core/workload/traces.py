@@ -10,7 +10,7 @@ whatever the file name):
   ``01-01-10-00``). Times may be numbers of seconds, ``MM-DD-HH-MM`` or ISO 8601; rows must
   be evenly spaced and the spacing is the step. A one-column CSV is per second.
 
-Every problem in a file raises :class:`mark.errors.ConfigError` reading
+Every problem in a file raises :class:`mark.core.errors.ConfigError` reading
 ``file:line: what is wrong; what is accepted``.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 TraceKind = Literal["count", "peak"]
 
@@ -201,12 +200,38 @@ def collection_gaps(trace: Trace, *, window_s: int = 60, max_probability: float 
     return mask
 
 
-def shared_data_dir() -> Path:
-    """The shared data folder: ``$MARK_SHARED_DIR`` or ``shared/`` beside the repository."""
-    env = os.environ.get("MARK_SHARED_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared"
+#: Example traces shipped inside the package (``mark/core/data/traces``; provenance in its
+#: README). :func:`load_trace` takes their names (file name without suffixes) anywhere a path is
+#: accepted, so a fresh install needs nothing beside it.
+TRACE_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
+SHIPPED_TRACES = {
+    "twitter-2021-08-week1": "twitter-2021-08-week1.txt.gz",
+    "mark-tweet-load-per-minute": "mark-tweet-load-per-minute.csv",
+}
+
+
+def shipped_trace(name: str) -> Path:
+    """The file of the shipped trace ``name`` (see :data:`SHIPPED_TRACES`)."""
+    try:
+        return TRACE_DIR / SHIPPED_TRACES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown shipped trace {name!r}; shipped: {', '.join(sorted(SHIPPED_TRACES))}"
+        ) from None
+
+
+def resolve_trace(path: str | Path) -> Path:
+    """``path`` when it exists, else the shipped trace of that name (or file name)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    name = str(path)
+    for stem, fname in SHIPPED_TRACES.items():
+        if name in (stem, fname):
+            return TRACE_DIR / fname
+    raise ConfigError(
+        f"{p}: no such trace file, nor a shipped trace; shipped: {', '.join(sorted(SHIPPED_TRACES))}"
+    )
 
 
 def load_trace(path: str | Path, *, step_s: int | None = None, name: str | None = None) -> Trace:
@@ -218,7 +243,7 @@ def load_trace(path: str | Path, *, step_s: int | None = None, name: str | None 
             one-column CSV too); when the file has times, it must agree with them.
         name: report label; defaults to the file name without ``.gz``/``.txt``/``.csv``.
     """
-    p = Path(path)
+    p = resolve_trace(path)
     label = name or _stem(p)
     lines = _read_lines(p)
     while lines and not lines[-1].strip():

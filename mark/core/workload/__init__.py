@@ -1,11 +1,11 @@
 """Workloads: request traces and seeded arrival generators.
 
-- :mod:`mark.workload.traces`: :class:`Trace` and :func:`load_trace` (text, CSV, gzip).
-- :mod:`mark.workload.arrivals`: Poisson, MMPP, trace spreading, surges.
-- :mod:`mark.workload.scenarios`: evaluation traces (low-rate, sparse with idle hours).
+- :mod:`mark.core.workload.traces`: :class:`Trace` and :func:`load_trace` (text, CSV, gzip).
+- :mod:`mark.core.workload.arrivals`: Poisson, MMPP, trace spreading, surges.
+- :mod:`mark.core.workload.scenarios`: evaluation traces (low-rate, sparse with idle hours).
 """
 
-from mark.workload.arrivals import (
+from mark.core.workload.arrivals import (
     MMPPSample,
     mmpp_arrivals,
     mmpp_sample,
@@ -16,8 +16,8 @@ from mark.workload.arrivals import (
     spread_trace,
     surge_rate,
 )
-from mark.workload.scenarios import low_rate, sparse_diurnal
-from mark.workload.traces import Trace, collection_gaps, load_trace, shared_data_dir
+from mark.core.workload.scenarios import low_rate, sparse_diurnal
+from mark.core.workload.traces import Trace, collection_gaps, load_trace, resolve_trace, shipped_trace
 
 __all__ = [
     "MMPPSample",
@@ -31,7 +31,8 @@ __all__ = [
     "poisson_arrivals",
     "rate_to_counts",
     "rates_to_trace",
-    "shared_data_dir",
+    "resolve_trace",
+    "shipped_trace",
     "sparse_diurnal",
     "spread_trace",
     "surge_rate",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

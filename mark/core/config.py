@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mark.errors import ConfigError
+from mark.core.errors import ConfigError
 
 ModelKind = Literal["minilm", "identity"]
 

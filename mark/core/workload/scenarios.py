@@ -5,16 +5,16 @@
   switched on and off by a two-state Markov process (an on/off MMPP), off for hours at night
   and in long gaps by day.
 
-Both return per-second :class:`~mark.workload.traces.Trace` objects.
+Both return per-second :class:`~mark.core.workload.traces.Trace` objects.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mark.errors import ConfigError
-from mark.workload.arrivals import rates_to_trace
-from mark.workload.traces import Trace
+from mark.core.errors import ConfigError
+from mark.core.workload.arrivals import rates_to_trace
+from mark.core.workload.traces import Trace
 
 DAY_S = 86_400
 
