@@ -56,7 +56,7 @@ from common import CPU_TYPES, TWITTER  # noqa: E402
 
 from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
 from mark.core.workload.traces import Trace, load_trace  # noqa: E402
-from provisioner.base import Slo  # noqa: E402
+from provisioner import Slo  # noqa: E402
 from provisioner.forecast import (  # noqa: E402
     DEFAULT_FORECAST,
     IN_HOUSE_FORECASTS,

@@ -42,7 +42,7 @@ from common import CPU_TYPES, TWITTER  # noqa: E402
 from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
 from mark.core.workload.traces import load_trace  # noqa: E402
 from mark.sim.simulator import simulate  # noqa: E402
-from provisioner.base import Slo  # noqa: E402
+from provisioner import Slo  # noqa: E402
 
 POLICIES = ("oracle", "mark", "mark-no-faas", "lambda", "batch", "sagemaker")
 PROFILE = "inception-v3"
@@ -67,8 +67,9 @@ def crossover() -> dict[str, float]:
     """Closed form vs the planner, with Lambda at batch 1 (Inception-v3 does not batch on
     Lambda within 500 ms anyway)."""
     from mark.core.catalogue import load_catalogue
+    from mark.core.instances import Instance
     from mark.core.profiles import load_profile
-    from provisioner.base import InstanceView, PolicyContext, Snapshot, make_policy
+    from provisioner import PolicyContext, Snapshot, make_policy
     from provisioner.faas_batching import choose_faas_config
     from provisioner.faas_tier import crossover, faas_tier_cost_per_request
 
@@ -84,7 +85,7 @@ def crossover() -> dict[str, float]:
                 return np.full(horizon, rate)
 
         pol = make_policy("mark", ctx, forecast=Flat())
-        fleet = (InstanceView("i-0", itype, market, "ready", 0.0, 120.0),) if running else ()
+        fleet = (Instance("i-0", itype, market, "ready", 0.0, 120.0),) if running else ()
         snap = Snapshot(3600.0, np.full(3600, round(rate)), fleet, SLO)
         return pol.decide(snap, pol.initial_state())[0].info["planned_instances"] > 0
 

@@ -36,7 +36,7 @@ from common import CPU_TYPES, TWITTER  # noqa: E402
 from mark.core.workload.arrivals import mmpp_trace  # noqa: E402
 from mark.core.workload.traces import load_trace  # noqa: E402
 from mark.sim.simulator import simulate  # noqa: E402
-from provisioner.base import Slo  # noqa: E402
+from provisioner import Slo  # noqa: E402
 
 POLICIES = ("oracle", "mark", "sagemaker", "lambda", "batch", "mark-released")
 

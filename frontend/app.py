@@ -17,7 +17,7 @@ from frontend.fleet import Fleet
 from frontend.protocol import ModelMetadata, parse_infer
 from frontend.timing import RequestTiming, TimingLog
 from frontend.upstream import Upstream, UpstreamConnectionError
-from mark import __version__
+from mark.core import __version__
 from mark.core.config import MarkConfig
 from mark.core.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError
 from mark.core.instances import InstanceState

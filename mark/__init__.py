@@ -1,5 +1,6 @@
 """mark: SLO-aware, cost-minimising inference serving (MArk-style)."""
 
+from mark.core import __version__
 from mark.core.clock import Clock, VirtualClock, WallClock
 from mark.core.errors import (
     BadRequest,
@@ -12,8 +13,6 @@ from mark.core.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",

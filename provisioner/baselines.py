@@ -21,18 +21,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from provisioner.base import (
-    ON_DEMAND,
-    Decision,
-    FaasConfig,
-    LaunchOrder,
-    PolicyContext,
-    ServingPlan,
-    Snapshot,
-    register_policy,
-)
-from provisioner.faas_batching import choose_faas_config
+from mark.core.instances import InstanceState, Market
+from provisioner.base import register_policy
+from provisioner.context import PolicyContext
+from provisioner.faas_batching import choose_faas_config, faas_config_for
 from provisioner.greedy import Candidate, greedy_plan
+from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
+from provisioner.serving import default_serving_plan
 
 
 @dataclass(frozen=True)
@@ -62,11 +57,11 @@ class SageMakerTargetTracking:
         provision_s: float = 300.0,
     ) -> None:
         self.ctx = ctx
-        plan = ctx.serving
+        plan = default_serving_plan(ctx)
         if instance_type is None:  # cheapest CPU type per request at full load, on demand
             cpu = [t for t in plan.types if not ctx.catalogue.instance(t).is_gpu] or list(plan.types)
             instance_type = min(
-                cpu, key=lambda t: ctx.price_usd_per_h(t, ON_DEMAND) / plan.types[t].capacity_rps
+                cpu, key=lambda t: ctx.price_usd_per_h(t, Market.ON_DEMAND) / plan.types[t].capacity_rps
             )
         self.instance_type = instance_type
         self.capacity_rps = plan.types[instance_type].capacity_rps
@@ -81,16 +76,16 @@ class SageMakerTargetTracking:
                                    spill=False)
 
     def order(self) -> LaunchOrder:
-        return LaunchOrder(self.instance_type, ON_DEMAND, self.provision_s)
+        return LaunchOrder(self.instance_type, Market.ON_DEMAND, self.provision_s)
 
     def initial_state(self) -> TrackingState:
         return TrackingState()
 
     def decide(self, snap: Snapshot, state: TrackingState) -> tuple[Decision, TrackingState]:
         now = snap.now_s
-        live = [i for i in snap.fleet if i.state != "notice"]
+        live = [i for i in snap.fleet if i.state != InstanceState.NOTICE]
         n = len(live)
-        ready = max(sum(1 for i in live if i.state == "ready"), 1)
+        ready = max(sum(1 for i in live if i.state == InstanceState.READY), 1)
         c = snap.counts.astype(np.float64)
         minute_rates = [c[max(0, c.size - 60 * (k + 1)) : c.size - 60 * k].mean()
                         if c.size > 60 * k else 0.0 for k in range(max(self.out_n, self.in_n))]
@@ -107,7 +102,7 @@ class SageMakerTargetTracking:
         elif (all(p < 0.9 * self.target_rps for p in per_inst[: self.in_n])
               and now - state.last_in_s >= self.in_cd and now - state.last_out_s >= self.in_cd
               and desired < n):
-            victims = sorted(live, key=lambda i: (i.state == "ready", -i.launched_at_s))
+            victims = sorted(live, key=lambda i: (i.state == InstanceState.READY, -i.launched_at_s))
             terminate = tuple(i.id for i in victims[: n - desired])
             state = replace(state, last_in_s=now)
         dec = Decision(launch, terminate, None if state.sent_plan else self.serving,
@@ -149,20 +144,15 @@ class BatchAdaptive:
     def __init__(self, ctx: PolicyContext, interval_s: float = 60.0) -> None:
         self.ctx = ctx
         self.interval_s = interval_s
-        self._configs: dict[int, FaasConfig] = {}  # by rate bucket (5% wide): pure memo
 
     def initial_state(self) -> FaasState:
         return FaasState()
 
     def config_for(self, rate_rps: float) -> FaasConfig:
-        key = round(math.log(max(rate_rps, 1e-3)) * 20)
-        if key not in self._configs:
-            self._configs[key] = choose_faas_config(self.ctx, math.exp(key / 20))
-        return self._configs[key]
+        return faas_config_for(self.ctx, rate_rps)
 
     def decide(self, snap: Snapshot, state: FaasState) -> tuple[Decision, FaasState]:
-        w = snap.counts[-int(self.interval_s):]
-        rate = float(w.mean()) if w.size else 0.0
+        rate = snap.recent_rate(self.interval_s)
         faas = self.config_for(rate)
         return Decision(serving=ServingPlan({}, faas, spill=True),
                         info={"forecast_rps": rate}), FaasState(True)
@@ -189,7 +179,7 @@ class MArkReleased:
         if peak_rps is None and ctx.trace_counts is not None:
             peak_rps = float(np.max(ctx.trace_counts)) if ctx.trace_counts.size else 0.0
         self.peak_rps = peak_rps
-        base = ctx.serving
+        base = default_serving_plan(ctx)
         self.serving = ServingPlan(base.types, base.faas, spill=False)
 
     def initial_state(self) -> ReleasedState:
@@ -202,7 +192,7 @@ class MArkReleased:
         launch: tuple[LaunchOrder, ...] = ()
         if target > state.provisioned_for_rps * 1.0001:
             have = sum(self.serving.types[i.instance_type].capacity_rps for i in snap.fleet
-                       if i.state != "notice" and i.instance_type in self.serving.types)
+                       if i.state != InstanceState.NOTICE and i.instance_type in self.serving.types)
             cands = [
                 Candidate(f"{t}/{m}", t, m, ts.capacity_rps, self.ctx.price_usd_per_h(t, m),
                           0.0, 0, False)
@@ -213,6 +203,6 @@ class MArkReleased:
         # replace reclaimed spot capacity
         dec = Decision(launch, (), None if state.sent_plan else self.serving,
                        {"forecast_rps": target, "planned_rps": target})
-        lost = any(i.state == "notice" for i in snap.fleet)
+        lost = any(i.state == InstanceState.NOTICE for i in snap.fleet)
         new_state = ReleasedState(0.0 if lost else max(target, state.provisioned_for_rps), True)
         return dec, new_state

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from provisioner.base import BatchConfig, Slo
+from mark.core.slo import Slo
 from provisioner.capacity import capacity_rps
+from provisioner.records import BatchConfig
 
 
 def candidate_batches(max_batch: int) -> list[int]:

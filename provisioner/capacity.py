@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from mark.core import queueing
-from provisioner.base import BatchConfig, PolicyContext, ServingPlan, Slo, TypeServing
+from provisioner.records import BatchConfig
 
 N_REQUESTS = 20_000
 SEED = 20190710  # MArk's ATC'19 presentation day: any fixed seed will do
@@ -76,27 +76,3 @@ def capacity_rps(svc_s: np.ndarray, batch: BatchConfig, budget_s: float, percent
     """Max Poisson rate meeting ``percentile`` latency <= ``budget_s`` (0 when infeasible)."""
     return _capacity(tuple(float(x) for x in svc_s), batch.max_batch, batch.max_queue_delay_s,
                      budget_s, percentile)
-
-
-def slo_budget_s(slo: Slo, network_overhead_ms: float = 0.0) -> float:
-    """Latency an instance may spend (queue + service) so the request meets the SLO."""
-    return max(slo.latency_s - network_overhead_ms / 1000.0, 0.0)
-
-
-def default_serving_plan(ctx: PolicyContext) -> ServingPlan:
-    """Batching, capacity and spill budget per type; FaaS settings for the SLO."""
-    from provisioner.batching import choose_batching
-    from provisioner.faas_batching import choose_faas_config
-    from provisioner.spill import SpillPolicy
-
-    budget = slo_budget_s(ctx.slo, ctx.network_overhead_ms)
-    spill = SpillPolicy()
-    types: dict[str, TypeServing] = {}
-    for t in ctx.instance_types:
-        svc = ctx.profile.of(t).table_s()
-        cfg, cap = choose_batching(svc, ctx.slo, budget)
-        if cap <= 0:
-            continue  # this type cannot meet the SLO at all
-        types[t] = TypeServing(t, cfg, cap, spill.wait_budget_s(ctx.slo, ctx.network_overhead_ms))
-    faas = choose_faas_config(ctx, rate_rps=1.0)
-    return ServingPlan(types, faas, spill=True)

@@ -20,8 +20,8 @@ import numpy as np
 
 from mark.core.billing import lambda_cost_per_invocation_usd
 from mark.core.errors import ConfigError
-from provisioner.base import FaasConfig, PolicyContext
-from provisioner.capacity import slo_budget_s
+from provisioner.context import PolicyContext
+from provisioner.records import FaasConfig
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 TIMEOUTS_S = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -53,7 +53,7 @@ def choose_faas_config(
     if lp is None:
         raise ConfigError(f"profile {ctx.profile.model!r} has no 'lambda' section; FaaS needs it")
     spec = ctx.catalogue.lambda_
-    budget = slo_budget_s(ctx.slo, ctx.network_overhead_ms)
+    budget = ctx.budget_s
     mems = memories_mb or spec.memory_mb
     max_b = max(1, spec.payload_limit_bytes // max(ctx.request_bytes, 1))
     best: FaasConfig | None = None
@@ -81,3 +81,18 @@ def choose_faas_config(
         return FaasConfig(1, 0.0, fastest.memory_mb,
                           lambda_cost_per_invocation_usd(s, fastest.memory_mb, spec))
     return best
+
+
+#: Rate bins of :func:`faas_config_for`: 20 per e-fold, i.e. about 5% wide.
+_BINS_PER_E = 20
+
+
+def faas_config_for(ctx: PolicyContext, rate_rps: float) -> FaasConfig:
+    """:func:`choose_faas_config` for a stream of ``rate_rps``, at the centre of its ~5% wide
+    rate bin, memoised per context: what every policy calls on its decision path."""
+    key = ("faas", round(math.log(max(rate_rps, 1e-3)) * _BINS_PER_E))
+    cfg = ctx.memo.get(key)
+    if cfg is None:
+        cfg = ctx.memo[key] = choose_faas_config(ctx, math.exp(key[1] / _BINS_PER_E))
+    assert isinstance(cfg, FaasConfig)
+    return cfg

@@ -39,8 +39,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from provisioner.base import FaasConfig, PolicyContext, ServingPlan
-from provisioner.capacity import slo_budget_s
+from mark.core.instances import Market
+from provisioner.context import PolicyContext
+from provisioner.faas_batching import expected_batch
+from provisioner.records import FaasConfig, ServingPlan
+from provisioner.serving import default_serving_plan
 
 # Decision.info["faas_cover"]
 COVER_NONE = 0.0  # no cover: FaaS alone (or instances planned anyway)
@@ -83,8 +86,6 @@ def cold_probability(rate_inv_per_s: float, keep_alive_s: float) -> float:
 
 def faas_tier_cost_per_request(ctx: PolicyContext, cfg: FaasConfig, rate_rps: float) -> float:
     """FaaS price per request at ``rate_rps`` under ``cfg``, cold starts amortised."""
-    from provisioner.faas_batching import expected_batch
-
     k = expected_batch(rate_rps, cfg.batch, cfg.timeout_s)
     p = cold_probability(rate_rps / k, ctx.catalogue.lambda_.keep_alive_s)
     return cfg.cost_per_request_usd + p * cold_start_cost_usd(ctx, cfg.memory_mb) / k
@@ -100,7 +101,7 @@ def instance_cost_per_request(price_usd_per_h: float, capacity_rps: float, rate_
 def crossover(ctx: PolicyContext, faas_cpr_usd: float, serving: ServingPlan | None = None
               ) -> tuple[float, str | None, str | None]:
     """(rate, type, market) of :func:`crossover_rps`; ``(inf, None, None)`` when none."""
-    plan = serving or ctx.serving
+    plan = serving or default_serving_plan(ctx)
     best: tuple[float, str | None, str | None] = (math.inf, None, None)
     for t, ts in plan.types.items():
         for m in ctx.markets:
@@ -129,7 +130,7 @@ class Cover:
     warm: int = 0  # provisioned-concurrency containers (kind == COVER_WARM)
     usd_per_h: float = 0.0  # what the cover costs while held
     instance_type: str | None = None  # kind == COVER_INSTANCE
-    market: str | None = None
+    market: Market | None = None
     cold_share: float = 0.0  # estimated share of requests meeting a cold container
     alternative_usd_per_h: float = 0.0  # the option not taken
 
@@ -176,10 +177,10 @@ def cold_start_cover(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, ra
     """
     spec = ctx.catalogue.lambda_
     lp = ctx.profile.lambda_
-    plan = serving or ctx.serving
+    plan = serving or default_serving_plan(ctx)
     svc = (lp.service_s(cfg.memory_mb, 1, spec.mb_per_vcpu, spec.max_vcpu)
            if lp is not None else 0.0)
-    budget = slo_budget_s(ctx.slo, ctx.network_overhead_ms)
+    budget = ctx.budget_s
     if spec.cold_start_s + svc + cfg.timeout_s <= budget:
         return Cover(COVER_NONE, REASON_COLD_FITS_SLO)
     share = observed_cold_share(counts, spec.keep_alive_s, window_s)
@@ -190,7 +191,7 @@ def cold_start_cover(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, ra
         return Cover(COVER_NONE, REASON_FEW_COLD, cold_share=share)
     k = warm_containers_needed(rate_rps, svc, ctx.slo.percentile)
     warm_h = k * _gb(cfg.memory_mb) * spec.provisioned_usd_per_gb_s * 3600.0
-    inst: tuple[float, str, str] | None = None
+    inst: tuple[float, str, Market] | None = None
     for t, ts in plan.types.items():
         for m in ctx.markets:
             price = ctx.price_usd_per_h(t, m)

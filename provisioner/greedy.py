@@ -53,17 +53,10 @@ from typing import Any
 
 import numpy as np
 
-from provisioner.base import (
-    SPOT,
-    Decision,
-    FaasConfig,
-    InstanceView,
-    LaunchOrder,
-    PolicyContext,
-    ServingPlan,
-    Snapshot,
-    register_policy,
-)
+from mark.core.instances import Instance, InstanceState, Market
+from provisioner.base import register_policy
+from provisioner.context import PolicyContext
+from provisioner.faas_batching import faas_config_for
 from provisioner.faas_tier import (
     COVER_INSTANCE,
     COVER_NONE,
@@ -74,13 +67,15 @@ from provisioner.faas_tier import (
     faas_tier_cost_per_request,
 )
 from provisioner.forecast import DEFAULT_FORECAST, PeakForecast, RecentQuantile, make_peak_forecast
+from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
+from provisioner.serving import default_serving_plan
 
 
 @dataclass(frozen=True)
 class Candidate:
     key: str  # instance id for existing ones, "type/market" for new ones
     instance_type: str
-    market: str
+    market: Market
     capacity_rps: float
     price_usd_per_h: float
     overhead_usd: float
@@ -218,9 +213,8 @@ class MArkGreedy:
         self.faas_aware = faas_aware and spill and faas_tier
         self.adaptive_faas = adaptive_faas
         self.spill_plan_share = spill_plan_share
-        self._faas_memo: dict[int, FaasConfig] = {}  # pure memo of choose_faas_config
         self.headroom = headroom
-        base = serving or ctx.serving
+        base = serving or default_serving_plan(ctx)
         self.serving = ServingPlan(base.types, base.faas, spill)
         kw = dict(forecast_kw or {})
         # "auto-quantile": the quantile is re-derived at each decision (see spill_quantile)
@@ -248,13 +242,15 @@ class MArkGreedy:
     def initial_state(self) -> GreedyState:
         return GreedyState()
 
-    def _candidates(self, fleet: tuple[InstanceView, ...], now_s: float) -> list[Candidate]:
+    def _candidates(self, fleet: tuple[Instance, ...], now_s: float) -> list[Candidate]:
         out = []
         cat = self.ctx.catalogue
         for inst in fleet:
-            if inst.state == "notice" or inst.instance_type not in self.serving.types:
+            if inst.state == InstanceState.NOTICE or inst.instance_type not in self.serving.types:
                 continue
-            ready_step = max(0, math.ceil((inst.ready_at_s - now_s) / self.interval_s))
+            ready_at = (inst.ready_at_s if inst.ready_at_s is not None
+                        else inst.launched_at_s + cat.instance(inst.instance_type).launch_delay_s)
+            ready_step = max(0, math.ceil((ready_at - now_s) / self.interval_s))
             out.append(Candidate(
                 inst.id, inst.instance_type, inst.market,
                 self.serving.types[inst.instance_type].capacity_rps / self.headroom,
@@ -263,11 +259,12 @@ class MArkGreedy:
         # spot fallback: while a type's spot instance is under notice, its replacement is
         # launched on demand (the next reclaim may be near; a running on-demand instance is
         # then kept as long as plans need it)
-        noticed = {i.instance_type for i in fleet if i.state == "notice" and i.market == SPOT}
+        noticed = {i.instance_type for i in fleet
+                   if i.state == InstanceState.NOTICE and i.market == Market.SPOT}
         for t, ts in self.serving.types.items():
             it = cat.instance(t)
             for mkt in self.ctx.markets:
-                if mkt == SPOT and t in noticed:
+                if mkt == Market.SPOT and t in noticed:
                     continue
                 price = it.price_usd_per_h(mkt)
                 # billed while booting, plus MArk's fixed launch overhead
@@ -282,18 +279,13 @@ class MArkGreedy:
         """BATCH-style FaaS settings for a spill stream of ``spill_rps`` (memoised, 5% bins)."""
         if not self.adaptive_faas:
             return self.serving.faas
-        from provisioner.faas_batching import choose_faas_config
-
-        key = round(math.log(max(spill_rps, 1e-3)) * 20)
-        if key not in self._faas_memo:
-            self._faas_memo[key] = choose_faas_config(self.ctx, math.exp(key / 20))
-        return self._faas_memo[key]
+        return faas_config_for(self.ctx, spill_rps)
 
     def spill_rate_rps(self, snap: Snapshot) -> float:
         """Requests/s that exceeded the ready fleet's capacity over the last interval."""
         cap = sum(self.serving.types[i.instance_type].capacity_rps for i in snap.fleet
-                  if i.state in ("ready", "notice") and i.instance_type in self.serving.types)
-        last = snap.counts[-int(self.interval_s):]
+                  if i.serving and i.instance_type in self.serving.types)
+        last = snap.recent(self.interval_s)
         if last.size == 0:
             return 0.0
         return float(np.maximum(last - cap, 0.0).mean())
@@ -317,15 +309,15 @@ class MArkGreedy:
         chosen = greedy_plan(f, self._candidates(snap.fleet, snap.now_s), self.interval_s,
                              faas_cpr if self.adaptive_faas else faas_cpr(1.0),
                              faas_margin=self.first_launch_margin if self.faas_tier and not any(
-                                 i.state != "notice" for i in snap.fleet) else 1.0)
+                                 i.state != InstanceState.NOTICE for i in snap.fleet) else 1.0)
         left = max(float(f[0]) - sum(c.capacity_rps for c in chosen if c.ready_step == 0), 0.0)
-        recent = snap.counts[-int(self.interval_s):]
-        guess = self.spill_plan_share * float(recent.mean()) if recent.size else 0.0
+        rate = snap.recent_rate(self.interval_s)
+        guess = self.spill_plan_share * rate
         faas = self.faas_for(max(self.spill_rate_rps(snap), left, guess))
         cover = Cover(COVER_NONE, REASON_INSTANCES_PLANNED)
         if self.faas_tier and not chosen:
             # FaaS carries the whole stream: settings for its mean rate (as BATCH does)
-            faas = self.faas_for(float(recent.mean()) if recent.size else 0.0)
+            faas = self.faas_for(rate)
             cover, chosen, faas = self._cover(snap, float(f[0]), faas)
         needed = dict(state.last_needed_s)
         for c in chosen:
@@ -335,7 +327,7 @@ class MArkGreedy:
         terminate = []
         live = {i.id for i in snap.fleet}
         for inst in snap.fleet:
-            if inst.state == "notice":
+            if inst.state == InstanceState.NOTICE:
                 continue
             last = needed.setdefault(inst.id, inst.launched_at_s)
             if snap.now_s - last >= self.hold_s:
@@ -356,8 +348,7 @@ class MArkGreedy:
                ) -> tuple[Cover, list[Candidate], FaasConfig]:
         """Cold-start cover for a plan with no instance: warm containers in the FaaS
         settings, or one instance (a running one when there is one) in the plan."""
-        recent = snap.counts[-int(self.interval_s):]
-        rate = max(rate, float(recent.mean()) if recent.size else 0.0)
+        rate = max(rate, snap.recent_rate(self.interval_s))
         cover = cold_start_cover(self.ctx, faas, snap.counts, rate, self.cover_window_s,
                                  self.serving)
         if cover.kind == COVER_WARM:

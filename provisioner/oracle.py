@@ -39,17 +39,13 @@ from typing import Any
 import numpy as np
 
 from mark.core.errors import ConfigError
-from provisioner.base import (
-    Decision,
-    FaasConfig,
-    LaunchOrder,
-    PolicyContext,
-    ServingPlan,
-    Snapshot,
-    register_policy,
-)
-from provisioner.faas_batching import choose_faas_config
+from mark.core.instances import InstanceState, Market
+from provisioner.base import register_policy
+from provisioner.context import PolicyContext
+from provisioner.faas_batching import faas_config_for
 from provisioner.faas_tier import COVER_INSTANCE, COVER_WARM, cold_start_cover
+from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
+from provisioner.serving import default_serving_plan
 
 GRID = 600  # capacity levels evaluated per step
 
@@ -103,8 +99,8 @@ class Oracle:
             raise ConfigError(f"oracle step_s must be >= 60 (billing minimum), got {step_s}")
         self.ctx = ctx
         self.interval_s = float(step_s)
-        self.serving = ctx.serving
-        self.plan: list[Counter[tuple[str, str]]] = []
+        self.serving = default_serving_plan(ctx)
+        self.plan: list[Counter[tuple[str, Market]]] = []
         self.bound_usd = 0.0
         counts = np.asarray(ctx.trace_counts, dtype=np.float64)
         items = [(t, m) for t in self.serving.types for m in ctx.markets]
@@ -120,13 +116,8 @@ class Oracle:
         if smooth_s > 1:  # rate the fleet must carry: moving mean (queues absorb the rest)
             kern = np.ones(smooth_s) / smooth_s
             pad = np.convolve(pad, kern, mode="same")
-        memo: dict[int, FaasConfig] = {}
-
-        def faas_at(rate: float) -> FaasConfig:  # BATCH-style settings for a stream, memoised
-            key = round(math.log(max(rate, 1e-3)) * 20)
-            if key not in memo:
-                memo[key] = choose_faas_config(ctx, math.exp(key / 20))
-            return memo[key]
+        def faas_at(rate: float) -> FaasConfig:  # BATCH-style settings for a stream
+            return faas_config_for(ctx, rate)
 
         self.faas_plan: list[FaasConfig] = []
         raw = np.asarray(ctx.trace_counts, dtype=np.float64)
@@ -137,7 +128,7 @@ class Oracle:
             cfg = faas_at(total / step_s if not faas_rate_lag
                           else float(raw[j * step_s : (j + 1) * step_s].mean()))
             cost = total * cfg.cost_per_request_usd
-            fleet: Counter[tuple[str, str]] = Counter()
+            fleet: Counter[tuple[str, Market]] = Counter()
             if total > 0:
                 cover = cold_start_cover(ctx, cfg, raw[: (k + 1) * step_s], total / step_s,
                                          serving=self.serving)
@@ -178,7 +169,7 @@ class Oracle:
             total = best[xs] + over * cpr
             self.faas_plan.append(cfg)
             self.bound_usd += float(total[i])
-            fleet: Counter[tuple[str, str]] = Counter()
+            fleet: Counter[tuple[str, Market]] = Counter()
             x = int(xs[i])
             while x > 0 and pick[x] >= 0:
                 it = int(pick[x])
@@ -192,9 +183,9 @@ class Oracle:
     def decide(self, snap: Snapshot, state: OracleState) -> tuple[Decision, OracleState]:
         k = min(int(snap.now_s // self.interval_s), len(self.plan) - 1) if self.plan else 0
         want = self.plan[k] if self.plan else Counter()
-        have: dict[tuple[str, str], list[str]] = {}
+        have: dict[tuple[str, Market], list[str]] = {}
         for i in snap.fleet:
-            if i.state != "notice":
+            if i.state != InstanceState.NOTICE:
                 have.setdefault((i.instance_type, i.market), []).append(i.id)
         launch: list[LaunchOrder] = []
         terminate: list[str] = []

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from provisioner.base import BatchConfig, Slo
+from mark.core.slo import Slo
+from provisioner.records import BatchConfig
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class SpillPolicy:
     margin_ms: float = 0.0
 
     def wait_budget_s(self, slo: Slo, network_overhead_ms: float = 0.0) -> float:
-        return max(slo.latency_ms - network_overhead_ms - self.margin_ms, 0.0) / 1000.0
+        return slo.budget_s(network_overhead_ms, self.margin_ms)
 
     @staticmethod
     def should_spill(predicted_latency_s: float, oldest_wait_s: float, budget_s: float) -> bool:

@@ -7,9 +7,8 @@ import pytest
 
 from mark.core.catalogue import load_catalogue
 from mark.core.profiles import load_profile
-from provisioner.base import BatchConfig, PolicyContext, Slo
+from provisioner import BatchConfig, PolicyContext, Slo, capacity_rps, default_serving_plan, latency_quantile
 from provisioner.batching import candidate_batches, choose_batching
-from provisioner.capacity import capacity_rps, latency_quantile
 
 
 def table(times_ms: list[float]) -> np.ndarray:
@@ -46,7 +45,7 @@ def test_capacity_is_the_largest_rate_meeting_the_percentile() -> None:
 
 def test_gpu_types_batch_and_serving_plan_is_complete() -> None:
     ctx = PolicyContext(load_catalogue(), load_profile("minilm"), Slo(200, 98))
-    plan = ctx.serving
+    plan = default_serving_plan(ctx)
     assert plan.types["g4dn.xlarge"].batch.max_batch > 1
     assert plan.types["g4dn.xlarge"].capacity_rps > 5 * plan.types["c5.large"].capacity_rps
     for ts in plan.types.values():

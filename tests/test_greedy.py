@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mark.core.catalogue import load_catalogue
+from mark.core.instances import Instance
 from mark.core.profiles import load_profile
-from provisioner import greedy_plan
-from provisioner.base import InstanceView, PolicyContext, Slo, Snapshot, make_policy
+from provisioner import PolicyContext, Slo, Snapshot, default_serving_plan, greedy_plan, make_policy
 from provisioner.greedy import Candidate, MArkGreedy
 
 
@@ -58,7 +58,7 @@ def ctx() -> PolicyContext:
                          types=("c5.large", "c5.xlarge"))
 
 
-def snap(now: float, rate: float, fleet: tuple[InstanceView, ...]) -> Snapshot:
+def snap(now: float, rate: float, fleet: tuple[Instance, ...]) -> Snapshot:
     return Snapshot(now, np.full(int(now), int(rate)), fleet, Slo(200, 98))
 
 
@@ -66,12 +66,12 @@ def test_policy_launches_then_holds_before_scale_in(ctx: PolicyContext) -> None:
     pol = make_policy("mark", ctx, hold_s=360.0, forecast_kw={"margin": 1.0},
                       adaptive_faas=False)
     assert isinstance(pol, MArkGreedy)
-    cap = ctx.serving.types["c5.large"].capacity_rps
+    cap = default_serving_plan(ctx).types["c5.large"].capacity_rps
     st = pol.initial_state()
     dec, st = pol.decide(snap(600, 0.9 * cap, ()), st)
     assert [o.instance_type for o in dec.launch] == ["c5.large"] and dec.serving is not None
-    fleet = (InstanceView("a", "c5.large", "on_demand", "ready", 500, 500),
-             InstanceView("b", "c5.large", "on_demand", "ready", 500, 500))
+    fleet = (Instance("a", "c5.large", "on_demand", "ready", 500, 500),
+             Instance("b", "c5.large", "on_demand", "ready", 500, 500))
     dec, st = pol.decide(snap(600, 0.9 * cap, fleet), st)
     assert dec.launch == () and dec.terminate == ()  # b is idle but held
     assert dec.serving is None  # the serving plan is sent once
@@ -88,8 +88,8 @@ def test_policy_launches_then_holds_before_scale_in(ctx: PolicyContext) -> None:
 
 def test_notice_instances_are_replaced(ctx: PolicyContext) -> None:
     pol = make_policy("mark", ctx, forecast_kw={"margin": 1.0})
-    cap = ctx.serving.types["c5.large"].capacity_rps
-    fleet = (InstanceView("a", "c5.large", "spot", "notice", 0, 0),)
+    cap = default_serving_plan(ctx).types["c5.large"].capacity_rps
+    fleet = (Instance("a", "c5.large", "spot", "notice", 0, 0),)
     dec, _ = pol.decide(snap(600, 0.9 * cap, fleet), pol.initial_state())
     assert len(dec.launch) == 1 and dec.terminate == ()
 
@@ -105,9 +105,9 @@ def test_spot_replacement_falls_back_to_on_demand() -> None:
     ctx = PolicyContext(load_catalogue(), load_profile("minilm"), Slo(200, 98), spot=True,
                         types=("c5.large",))
     pol = make_policy("mark", ctx, forecast_kw={"margin": 1.0})
-    cap = ctx.serving.types["c5.large"].capacity_rps
+    cap = default_serving_plan(ctx).types["c5.large"].capacity_rps
     dec, _ = pol.decide(snap(600, 0.9 * cap, ()), pol.initial_state())
     assert [o.market for o in dec.launch] == ["spot"]  # spot is cheaper when nothing is lost
-    fleet = (InstanceView("a", "c5.large", "spot", "notice", 0, 0),)
+    fleet = (Instance("a", "c5.large", "spot", "notice", 0, 0),)
     dec, _ = pol.decide(snap(600, 0.9 * cap, fleet), pol.initial_state())
     assert [o.market for o in dec.launch] == ["on_demand"]

@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 
 from mark.core.catalogue import load_catalogue
+from mark.core.instances import Instance
 from mark.core.profiles import load_profile, parse_profile
 from mark.core.workload.scenarios import sparse_diurnal
 from mark.sim.multi import ModelRun, simulate_models
 from mark.sim.simulator import simulate
-from provisioner.base import (
+from provisioner import (
     Decision,
     FaasConfig,
-    InstanceView,
     PolicyContext,
     ServingPlan,
     Slo,
     Snapshot,
+    default_serving_plan,
     make_policy,
 )
 from provisioner.faas_tier import (
@@ -64,11 +65,11 @@ class Flat:
         return np.full(horizon, self.rate)
 
 
-RUNNING = (InstanceView("i-0", "c5.large", "on_demand", "ready", 0.0, 120.0),)
+RUNNING = (Instance("i-0", "c5.large", "on_demand", "ready", 0.0, 120.0),)
 
 
 def plan_at(ctx: PolicyContext, rate: float, policy: str = "mark",
-            fleet: tuple[InstanceView, ...] = ()) -> Decision:
+            fleet: tuple[Instance, ...] = ()) -> Decision:
     pol = make_policy(policy, ctx, forecast=Flat(rate))
     counts = np.full(3600, round(rate))
     dec, _ = pol.decide(Snapshot(3600.0, counts, fleet, ctx.slo), pol.initial_state())
@@ -85,7 +86,7 @@ def faas_cpr(ctx: PolicyContext) -> float:
 
 def test_zero_instances_below_the_crossover_and_a_fleet_above(ctx: PolicyContext) -> None:
     r_star = crossover_rps(ctx, faas_cpr(ctx))
-    assert 5 < r_star < ctx.serving.types["c5.large"].capacity_rps
+    assert 5 < r_star < default_serving_plan(ctx).types["c5.large"].capacity_rps
     low = plan_at(ctx, 0.5 * r_star)
     assert low.launch == () and low.info["planned_instances"] == 0  # scale to zero
     assert low.info["faas_cover"] == COVER_NONE
@@ -93,7 +94,7 @@ def test_zero_instances_below_the_crossover_and_a_fleet_above(ctx: PolicyContext
     pol = make_policy("mark", ctx, forecast=Flat(0.5 * r_star), hold_s=120.0)
     counts = np.full(3600, round(0.5 * r_star))
     st = pol.initial_state()
-    last = (InstanceView("i-0", "c5.large", "on_demand", "ready", 3500.0, 3500.0),)
+    last = (Instance("i-0", "c5.large", "on_demand", "ready", 3500.0, 3500.0),)
     dec, st = pol.decide(Snapshot(3600.0, counts, last, SLO), st)
     assert dec.terminate == () and dec.info["planned_instances"] == 0  # within the hold
     dec, st = pol.decide(Snapshot(3660.0, counts, last, SLO), st)
@@ -104,9 +105,9 @@ def test_zero_instances_below_the_crossover_and_a_fleet_above(ctx: PolicyContext
     assert len(plan_at(ctx, 0.5 * r_star, "mark-no-faas").launch) == 1
 
 
-def planner_threshold(ctx: PolicyContext, fleet: tuple[InstanceView, ...]) -> float:
+def planner_threshold(ctx: PolicyContext, fleet: tuple[Instance, ...]) -> float:
     """Lowest forecast rate at which the plan has an instance (bisection)."""
-    lo, hi = 1.0, ctx.serving.types["c5.large"].capacity_rps
+    lo, hi = 1.0, default_serving_plan(ctx).types["c5.large"].capacity_rps
     for _ in range(30):
         mid = 0.5 * (lo + hi)
         if plan_at(ctx, mid, fleet=fleet).info["planned_instances"] > 0:

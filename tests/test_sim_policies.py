@@ -9,7 +9,7 @@ import pytest
 from mark.core.catalogue import load_catalogue
 from mark.core.workload.traces import load_trace, shipped_trace
 from mark.sim.simulator import simulate
-from provisioner.base import POLICIES, Slo
+from provisioner import POLICIES, Slo
 
 TWITTER = shipped_trace("twitter-2021-08-week1")
 
@@ -82,7 +82,7 @@ def test_lambda_cold_starts_concurrency_and_per_ms_billing() -> None:
     # cost: per-ms billing of each invocation (3 with the billed 1 s init) + per request
     from mark.core.billing import lambda_cost_usd
     from mark.core.profiles import load_profile
-    from provisioner.base import PolicyContext, make_policy
+    from provisioner import PolicyContext, make_policy
 
     pol = make_policy("lambda", PolicyContext(cat, load_profile("minilm")))
     mem = pol.serving.faas.memory_mb

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mark.sim.core import EmptySchedule, Environment
-from provisioner.base import BatchConfig
+from provisioner import BatchConfig
 from provisioner.capacity import single_instance_latencies
 
 

@@ -9,7 +9,7 @@ import pytest
 from mark.core import queueing
 from mark.core.workload.arrivals import rates_to_trace, surge_rate
 from mark.sim.simulator import simulate
-from provisioner.base import BatchConfig, Slo
+from provisioner import BatchConfig, Slo
 from provisioner.spill import SpillPolicy, predict_latency_s
 
 

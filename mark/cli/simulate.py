@@ -12,8 +12,7 @@ from mark.core.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    import provisioner  # noqa: F401  (fills the registry)
-    from provisioner.base import POLICIES
+    from provisioner import POLICIES
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
@@ -79,7 +78,7 @@ def forecaster_policy_kw(policy: str, name: str | None, params: dict[str, Any]
     """
     import inspect
 
-    from provisioner.base import POLICIES
+    from provisioner import POLICIES
     from provisioner.forecast import (
         DEFAULT_FORECAST,
         available_peak_forecasts,
@@ -104,9 +103,10 @@ def forecaster_policy_kw(policy: str, name: str | None, params: dict[str, Any]
 
 def run(args: argparse.Namespace) -> int:
     from mark.core.catalogue import load_catalogue
+    from mark.core.slo import Slo
     from mark.core.workload.traces import load_trace
     from mark.sim.simulator import simulate
-    from provisioner.base import POLICIES, Slo
+    from provisioner import POLICIES
 
     if args.policy not in POLICIES:
         raise ConfigError(f"unknown policy {args.policy!r}; registered: {sorted(POLICIES)}")
@@ -114,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
         args.policy, args.forecaster, parse_params(args.forecaster_param))
     if args.scale <= 0:
         raise ConfigError(f"--scale must be > 0, got {args.scale}")
-    if not Path(args.trace).exists():
-        raise ConfigError(f"trace file not found: {args.trace}")
     trace = load_trace(args.trace)
     end = None if args.duration_s is None else args.start_s + args.duration_s
     if args.start_s or end is not None:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mark.core.errors import ConfigError
+from mark.core.slo import DEFAULT_SLO_LATENCY_MS, DEFAULT_SLO_PERCENTILE, Slo
 
 ModelKind = Literal["minilm", "identity"]
 
@@ -34,8 +35,14 @@ class ModelConfig(_Strict):
     capacity_rps: float = Field(
         200.0, gt=0, description="requests/s one instance sustains under the SLO (WRR weight)"
     )
-    slo_latency_ms: float = Field(500.0, gt=0, description="latency bound of the SLO (ms)")
-    slo_percentile: float = Field(98.0, gt=0, le=100, description="share of requests that must meet it (%)")
+    slo_latency_ms: float = Field(DEFAULT_SLO_LATENCY_MS, gt=0, description="latency bound of the SLO (ms)")
+    slo_percentile: float = Field(
+        DEFAULT_SLO_PERCENTILE, gt=0, lt=100, description="share of requests that must meet it (%)"
+    )
+
+    @property
+    def slo(self) -> Slo:
+        return Slo(self.slo_latency_ms, self.slo_percentile)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

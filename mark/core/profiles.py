@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mark.core.catalogue import lambda_vcpu
 from mark.core.errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "data" / "profiles"
@@ -80,8 +81,6 @@ class LambdaProfile:
     def service_s(self, memory_mb: float, batch: int, mb_per_vcpu: float = 1769.0,
                   max_vcpu: float = 6.0) -> float:
         """Service time of a batch at ``memory_mb``, scaled from the measured memory size."""
-        from mark.core.catalogue import lambda_vcpu
-
         def share(m: float) -> float:
             return lambda_vcpu(m, mb_per_vcpu, max_vcpu)
 

@@ -1,19 +1,12 @@
 """The simulator: policies on a virtual clock at a scale no laptop could host live.
 
-``simulate(...)`` (in :mod:`mark.sim.simulator`) is the entry point; ``core`` is the
-SimPy-small event engine and ``kernels`` the compiled per-request hot path.
+``simulate(...)`` (:mod:`mark.sim.simulator`) is the entry point; :mod:`mark.sim.world` the
+virtual fleet, :mod:`mark.sim.core` the SimPy-small event engine, :mod:`mark.sim.metrics`
+the results; the per-request hot path is the queueing model :mod:`mark.core.queueing`.
 """
 
-from __future__ import annotations
+from mark.sim.metrics import SimResult
+from mark.sim.multi import ModelRun, MultiResult, simulate_models
+from mark.sim.simulator import simulate
 
-from typing import Any
-
-__all__ = ["SimResult", "simulate"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: provisioner imports mark.core.queueing
-    if name in __all__:
-        from mark.sim import simulator
-
-        return getattr(simulator, name)
-    raise AttributeError(name)
+__all__ = ["ModelRun", "MultiResult", "SimResult", "simulate", "simulate_models"]

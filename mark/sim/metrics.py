@@ -13,16 +13,18 @@ latency, never within the SLO.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mark.core import queueing
 from mark.core.billing import instance_cost_usd
-
-if TYPE_CHECKING:
-    from mark.sim.simulator import World
+from mark.core.errors import ConfigError
+from mark.core.instances import Market
+from mark.sim.world import World
+from provisioner.faas_tier import COVERS, REASONS
 
 
 @dataclass
@@ -66,8 +68,6 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
     spec = world.cat.lambda_
     prof = world.ctx.profile.lambda_
     if prof is None:
-        from mark.core.errors import ConfigError
-
         raise ConfigError(f"profile {world.ctx.profile.model!r} has no 'lambda' section")
     mems = sorted({int(m) for m in spec.memory_mb} | {f.memory_mb for _, f in world.faas_changes})
     mb = prof.points.max_batch
@@ -115,8 +115,6 @@ def provisioned_cost_usd(world: World) -> float:
 
 
 def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> SimResult:
-    import time
-
     t0 = time.perf_counter()
     arr = world.arr
     n = arr.size
@@ -141,9 +139,10 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     od = spot = 0.0
     for inst in world.insts:
         price = world.ctx.price_usd_per_h(inst.instance_type, inst.market) * world.billing_factor
+        assert inst.ended_at_s is not None, f"{inst.id} still running at the end"
         c = instance_cost_usd(price, inst.ended_at_s - inst.launched_at_s,
                               world.cat.billing_minimum_s, world.cat.billing_granularity_s)
-        if inst.market == "spot":
+        if inst.market == Market.SPOT:
             spot += c
         else:
             od += c
@@ -182,14 +181,13 @@ def faas_tier_summary(world: World) -> dict[str, Any]:
     """The FaaS tier's record (policies that plan FaaS as a tier report ``faas_cover`` in
     ``Decision.info``): share of time with no instance (scale to zero), how often each
     cold-start cover was chosen at the policy's decisions, and the prevailing reason."""
-    from provisioner.faas_tier import COVERS, REASONS
-
     tl = world.timeline
     covers = [c for c in tl.get("faas_cover", []) if math.isfinite(c)]
     if not covers:
         return {}
     end = float(world.counts.size)
-    iv = sorted((i.launched_at_s, min(i.ended_at_s, end)) for i in world.insts)
+    iv = sorted((i.launched_at_s, min(i.ended_at_s if i.ended_at_s is not None else end, end))
+                for i in world.insts)
     busy = 0.0
     cur_a = cur_b = -1.0
     for a, b in iv:  # union of instance lifetimes

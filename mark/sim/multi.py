@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mark.core.catalogue import Catalogue, load_catalogue
+from mark.core.errors import ConfigError
 from mark.core.profiles import Profile
+from mark.core.slo import Slo
 from mark.sim.metrics import SimResult
-from provisioner.base import Slo
+from mark.sim.simulator import simulate
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,9 @@ def simulate_models(runs: Sequence[ModelRun], *, catalogue: Catalogue | None = N
                     spot: bool = False, seed: int = 0, types: tuple[str, ...] | None = None,
                     timeline: bool = False) -> MultiResult:
     """Each model's own plan over the shared ``catalogue``; the bills are summed."""
-    from mark.sim.simulator import simulate
-
     cat = catalogue or load_catalogue()
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        from mark.core.errors import ConfigError
-
         raise ConfigError(f"model names must be unique, got {names}")
     out: dict[str, SimResult] = {}
     for i, r in enumerate(runs):

@@ -17,303 +17,22 @@ The service is assumed running at t=0: the policy's first decision sees the trac
 
 from __future__ import annotations
 
-import logging
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from frontend.routing import WeightedRoundRobin
-from mark.core import queueing
 from mark.core.catalogue import Catalogue, load_catalogue
 from mark.core.errors import ConfigError
 from mark.core.profiles import Profile, load_profile
-from mark.core.workload.arrivals import spread_trace
-from mark.core.workload.traces import Trace
-from mark.sim.core import PRIO_CONTROL, PRIO_NORMAL, PRIO_URGENT, Environment
+from mark.core.slo import Slo
+from mark.sim.core import PRIO_CONTROL
 from mark.sim.metrics import SimResult, summarise
-from provisioner.base import (
-    SPOT,
-    Decision,
-    InstanceView,
-    PolicyContext,
-    ProvisioningPolicy,
-    ServingPlan,
-    Slo,
-    Snapshot,
-    make_policy,
-)
+from mark.sim.world import World, spread_arrivals
+from provisioner import POLICIES, PolicyContext, ProvisioningPolicy, make_policy
 
-log = logging.getLogger(__name__)
-
-PATTERN_LEN = 1024
-PREROLL_S = 600  # WRR picks per routing pattern; tiled over a segment
-
-
-def spread_arrivals(counts: np.ndarray, seed: int) -> np.ndarray:
-    """Arrival times (s, sorted float64): ``counts[s]`` requests uniform in [s, s+1).
-
-    The workload layer's :func:`~mark.core.workload.arrivals.spread_trace` (vectorised: one
-    uniform per request, one sort).
-    """
-    return spread_trace(Trace(np.asarray(counts, dtype=np.int64), 1), seed)
-
-
-@dataclass
-class _Inst:
-    id: str
-    slot: int
-    instance_type: str
-    market: str
-    state: str  # pending, ready, notice, terminated
-    launched_at_s: float
-    ready_at_s: float
-    ended_at_s: float = math.nan
-    events: list[Any] = field(default_factory=list)
-
-
-class World:
-    """Mutable simulation state; executes decisions and serves requests segment by segment."""
-
-    def __init__(self, counts: np.ndarray, arr: np.ndarray, policy: ProvisioningPolicy,
-                 ctx: PolicyContext, *, spot_interruption_scale: float, seed: int,
-                 billing_factor: float) -> None:
-        self.counts = counts
-        self.arr = arr
-        self.policy = policy
-        self.ctx = ctx
-        self.cat: Catalogue = ctx.catalogue
-        self.env = Environment()
-        self.rng = np.random.default_rng(seed + 1)
-        self.spot_scale = spot_interruption_scale
-        self.billing_factor = billing_factor
-        n = arr.size
-        self.out_bid = np.full(n, -1, dtype=np.int64)
-        self.failed = np.zeros(n, dtype=np.bool_)
-        self.batch_done = np.zeros(n + 1)
-        self.batch_size = np.zeros(n + 1, dtype=np.int32)
-        self.next_bid = 0
-        self.cursor = 0
-        self.maxb = max(p.max_batch for p in ctx.profile.instances.values())
-        self._alloc(16)
-        self.insts: list[_Inst] = []
-        self.live: dict[str, _Inst] = {}
-        self.wrr = WeightedRoundRobin()
-        self.pattern = np.empty(0, dtype=np.int32)
-        self.pat_pos = 0
-        self._weights: dict[str, tuple[int, ...]] = {}
-        self.plan: ServingPlan | None = None
-        self.faas_changes: list[tuple[float, Any]] = []
-        self.state = policy.initial_state()
-        self.timeline: dict[str, list[float]] = {
-            k: [] for k in ("t_s", "forecast_rps", "cap_on_demand_rps", "cap_spot_rps",
-                            "faas_cover", "faas_cover_reason")
-        }
-        self.n_interruptions = 0
-        self.n_launches = 0
-
-    # ---- per-slot arrays -------------------------------------------------------------
-    svc: np.ndarray
-    mb: np.ndarray
-    delay: np.ndarray
-    budget: np.ndarray
-    fstate: np.ndarray
-    istate: np.ndarray
-    busy: np.ndarray
-
-    def _alloc(self, cap: int) -> None:
-        old = getattr(self, "svc", None)
-        svc = np.zeros((cap, self.maxb + 1))
-        mb = np.ones(cap, dtype=np.int32)
-        delay = np.zeros(cap)
-        budget = np.full(cap, np.inf)
-        fstate = np.zeros((cap, queueing.N_FSTATE))
-        istate = np.zeros((cap, queueing.N_ISTATE), dtype=np.int64)
-        busy = np.zeros(cap)
-        if old is not None:
-            k = old.shape[0]
-            svc[:k], mb[:k], delay[:k], budget[:k] = old, self.mb, self.delay, self.budget
-            fstate[:k], istate[:k], busy[:k] = self.fstate, self.istate, self.busy
-        self.svc, self.mb, self.delay, self.budget = svc, mb, delay, budget
-        self.fstate, self.istate, self.busy = fstate, istate, busy
-
-    # ---- the hot path ----------------------------------------------------------------
-    def advance(self, until_s: float) -> None:
-        """Serve every request that arrived before ``until_s`` with the current fleet."""
-        i1 = int(np.searchsorted(self.arr, until_s, side="left"))
-        i0 = self.cursor
-        if i1 <= i0:
-            return
-        n = i1 - i0
-        if self.pattern.size:
-            idx = (np.arange(n) + self.pat_pos) % self.pattern.size
-            assign = self.pattern[idx]
-            self.pat_pos = (self.pat_pos + n) % self.pattern.size
-        else:
-            assign = np.full(n, -1, dtype=np.int32)
-            if self.plan is None or not self.plan.spill:
-                self.failed[i0:i1] = True
-        self.next_bid = queueing.serve_segment(
-            self.arr[i0:i1], assign, self.svc, self.mb, self.delay, self.budget, self.fstate,
-            self.istate, self.batch_done, self.batch_size, self.next_bid, self.out_bid[i0:i1],
-            self.busy,
-        )
-        self.cursor = i1
-
-    def _reroute(self) -> None:
-        """One WRR pattern per fleet change, tiled over the requests by :meth:`advance`.
-
-        Instances of one type have equal weights, so the
-        :class:`~frontend.routing.WeightedRoundRobin` runs over groups keyed by type (weight
-        = capacity x instances, requests/s) and each group's picks go round robin over its
-        instances: the same shares as WRR over instances, at O(pattern x types) instead of
-        O(pattern x instances) per change.
-        """
-        assert self.plan is not None or not any(i.state in ("ready", "notice")
-                                                for i in self.live.values())
-        members: dict[str, list[int]] = {}
-        for i in self.live.values():
-            if i.state in ("ready", "notice") and self.plan is not None:
-                members.setdefault(i.instance_type, []).append(i.slot)
-        key = {t: tuple(v) for t, v in members.items()}
-        if key == self._weights:
-            return  # same serving set: keep the pattern and its position
-        self._weights = key
-        if not members:
-            self.pattern = np.empty(0, dtype=np.int32)
-            return
-        assert self.plan is not None
-        self.wrr.set_weights({t: self.plan.types[t].capacity_rps * len(v)
-                              for t, v in members.items()})
-        picks = np.array(self.wrr.schedule(PATTERN_LEN))
-        pattern = np.empty(picks.size, dtype=np.int32)
-        for t, slots in members.items():
-            pos = np.flatnonzero(picks == t)
-            pattern[pos] = np.resize(np.array(slots, dtype=np.int32), pos.size)
-        self.pattern = pattern
-        self.pat_pos = 0
-
-    # ---- fleet changes ---------------------------------------------------------------
-    def _launch(self, instance_type: str, market: str, instant: bool,
-                ready_after_s: float | None = None) -> None:
-        assert self.plan is not None
-        now = self.env.now
-        it = self.cat.instance(instance_type)
-        ts = self.plan.types[instance_type]
-        slot = len(self.insts)
-        if slot >= self.svc.shape[0]:
-            self._alloc(2 * self.svc.shape[0])
-        tab = self.ctx.profile.of(instance_type).table_s()
-        mb = min(ts.batch.max_batch, tab.size - 1)
-        self.svc[slot, : mb + 1] = tab[: mb + 1]
-        self.mb[slot] = mb
-        self.delay[slot] = ts.batch.max_queue_delay_s
-        self.budget[slot] = ts.wait_budget_s if self.plan.spill else np.inf
-        self.fstate[slot] = 0.0
-        self.istate[slot] = 0
-        delay = 0.0 if instant else (it.launch_delay_s if ready_after_s is None
-                                     else ready_after_s)
-        inst = _Inst(f"i-{slot:05d}", slot, instance_type, market, "pending", now, now + delay)
-        self.insts.append(inst)
-        self.live[inst.id] = inst
-        self.n_launches += 1
-        if delay == 0.0:
-            inst.state = "ready"
-        else:
-            inst.events.append(self.env.schedule(now + delay, lambda: self._ready(inst),
-                                                 PRIO_NORMAL))
-        if market == SPOT:
-            rate = it.spot.interruption_rate_per_s * self.spot_scale
-            if rate > 0:
-                at = now + float(self.rng.exponential(1.0 / rate))
-                if at < self.counts.size:
-                    notice = max(now, at - it.spot.notice_s)
-                    inst.events.append(self.env.schedule(notice, lambda: self._notice(inst),
-                                                         PRIO_NORMAL))
-                    inst.events.append(self.env.schedule(at, lambda: self._end(inst, True),
-                                                         PRIO_URGENT))
-
-    def _ready(self, inst: _Inst) -> None:
-        if inst.state != "pending":
-            return
-        self.advance(self.env.now)
-        inst.state = "ready"
-        self._reroute()
-
-    def _notice(self, inst: _Inst) -> None:
-        if inst.state in ("pending", "ready"):
-            inst.state = "notice"
-
-    def _end(self, inst: _Inst, reclaimed: bool = False) -> None:
-        if inst.state == "terminated":
-            return
-        self.advance(self.env.now)
-        busy_until = queueing.flush_instance(inst.slot, self.svc, self.delay, self.fstate,
-                                            self.istate, self.batch_done, self.batch_size,
-                                            self.busy)
-        was_serving = inst.state in ("ready", "notice")
-        inst.state = "terminated"
-        # a terminated instance finishes its queue (drain); a reclaimed one is simply gone
-        inst.ended_at_s = self.env.now if reclaimed else max(self.env.now, busy_until)
-        for ev in inst.events:
-            self.env.cancel(ev)
-        del self.live[inst.id]
-        if reclaimed:
-            self.n_interruptions += 1
-        if was_serving:
-            self._reroute()
-
-    def _apply(self, dec: Decision) -> None:
-        now = self.env.now
-        if dec.serving is not None:
-            self.plan = dec.serving
-            self.faas_changes.append((now, dec.serving.faas))
-            for i in self.live.values():
-                self.budget[i.slot] = (self.plan.types[i.instance_type].wait_budget_s
-                                       if self.plan.spill and i.instance_type in self.plan.types
-                                       else np.inf)
-        for iid in dec.terminate:
-            if iid in self.live:
-                self._end(self.live[iid])
-        instant = self.policy.instant_launch or now == 0.0
-        for order in dec.launch:
-            self._launch(order.instance_type, order.market, instant, order.ready_after_s)
-        self._reroute()
-
-    def snapshot(self) -> Snapshot:
-        now = self.env.now
-        fleet = tuple(
-            InstanceView(i.id, i.instance_type, i.market, i.state, i.launched_at_s, i.ready_at_s)
-            for i in self.live.values()
-        )
-        # warm start: at t=0 the policy sees the trace's first PREROLL_S seconds as its past
-        seen = self.counts[:PREROLL_S] if now == 0.0 else self.counts[: int(now)]
-        return Snapshot(now, seen, fleet, self.ctx.slo)
-
-    def tick(self) -> None:
-        self.advance(self.env.now)
-        dec, self.state = self.policy.decide(self.snapshot(), self.state)
-        self._apply(dec)
-        tl = self.timeline
-        tl["t_s"].append(self.env.now)
-        tl["forecast_rps"].append(float(dec.info.get("forecast_rps", math.nan)))
-        tl["faas_cover"].append(float(dec.info.get("faas_cover", math.nan)))
-        tl["faas_cover_reason"].append(float(dec.info.get("faas_cover_reason", math.nan)))
-        od = sp = 0.0
-        for i in self.live.values():
-            if i.state in ("ready", "notice") and self.plan is not None:
-                c = self.plan.types[i.instance_type].capacity_rps
-                if i.market == SPOT:
-                    sp += c
-                else:
-                    od += c
-        tl["cap_on_demand_rps"].append(od)
-        tl["cap_spot_rps"].append(sp)
-        nxt = self.env.now + self.policy.interval_s
-        if nxt < self.counts.size:
-            self.env.schedule(nxt, self.tick, PRIO_CONTROL)
+__all__ = ["simulate"]
 
 
 def simulate(
@@ -344,8 +63,6 @@ def simulate(
     run once per variant and the cheapest run meeting the SLO is returned.
     """
     if isinstance(policy, str) and not policy_kw:
-        from provisioner.base import POLICIES
-
         space = getattr(POLICIES.get(policy), "search_space", ())
         if space:  # a hindsight policy: run its variants, keep the cheapest meeting the SLO
             t0 = time.perf_counter()
@@ -414,6 +131,4 @@ def _counts(counts: Any, scale: float, seed: int) -> np.ndarray:
 def _bar(progress: bool, total: float) -> Any:
     if not progress:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="sim-s", unit_scale=True, desc="simulate", leave=False)
