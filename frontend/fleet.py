@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 
 
 class Fleet:
-    """Instances known to the front end. Only READY ones receive traffic."""
+    """Instances known to the front end. Only READY ones receive traffic.
+
+    Hooks: ``on_change`` (one, the control plane's snapshot writer) runs after every change;
+    every callback in ``on_leave`` runs with each instance that leaves the fleet (removed, or
+    gone from a newer snapshot), e.g. to drop its upstream connection pool.
+    """
 
     def __init__(self, models: list[str]) -> None:
         self.models = list(models)
@@ -25,6 +30,12 @@ class Fleet:
         self.metadata: dict[str, ModelMetadata] = {}
         self._routers: dict[str, WeightedRoundRobin] = {m: WeightedRoundRobin() for m in models}
         self.on_change: Callable[[Fleet], None] | None = None
+        self.on_leave: list[Callable[[Instance], None]] = []
+        self.snapshot_seq = 0  # of the last snapshot written (control plane) or applied (worker)
+
+    def _left(self, inst: Instance) -> None:
+        for callback in self.on_leave:
+            callback(inst)
 
     def _rebuild(self) -> None:
         for model, router in self._routers.items():
@@ -37,8 +48,10 @@ class Fleet:
             self.on_change(self)
 
     # -- snapshots, so worker processes can follow the control plane's fleet ----------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, seq: int = 0) -> dict[str, Any]:
+        """The fleet as JSON-able data; ``seq`` numbers it (followers apply each new one)."""
         return {
+            "seq": seq,
             "instances": [
                 {"id": i.id, "url": i.url, "instance_type": i.instance_type,
                  "market": i.market.value, "state": i.state.value,
@@ -49,14 +62,21 @@ class Fleet:
             "metadata": {m: meta.raw for m, meta in self.metadata.items()},
         }
 
-    def write_snapshot(self, path: Path) -> None:
-        """Atomically replace ``path`` with the current snapshot."""
+    def write_snapshot(self, path: Path) -> int:
+        """Atomically replace ``path`` with the current snapshot, numbered one past the last.
+
+        Followers go by this sequence number, not by the file's mtime: two rewrites within
+        one timestamp tick share an mtime. Returns the number written.
+        """
+        self.snapshot_seq += 1
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.snapshot()))
+        tmp.write_text(json.dumps(self.snapshot(self.snapshot_seq)))
         os.replace(tmp, path)
+        return self.snapshot_seq
 
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """Adopt the control plane's view; local UNHEALTHY marks stand until it changes."""
+        self.snapshot_seq = int(snap.get("seq", 0))
         fresh: dict[str, Instance] = {}
         for d in snap["instances"]:
             state = InstanceState(d["state"])
@@ -69,19 +89,28 @@ class Fleet:
                 capacity_rps=d["capacity_rps"], models=tuple(d["models"]),
                 extra={"remote_state": d["state"]},
             )
+        gone = [i for iid, i in self.instances.items()
+                if iid not in fresh or fresh[iid].url != i.url]
         self.instances = fresh
+        for inst in gone:
+            self._left(inst)
         for model, raw in snap.get("metadata", {}).items():
             if model not in self.metadata:
                 self.metadata[model] = ModelMetadata.from_triton(raw)
         self._rebuild()
 
     def upsert(self, inst: Instance) -> None:
+        old = self.instances.get(inst.id)
         self.instances[inst.id] = inst
+        if old is not None and old.url != inst.url:
+            self._left(old)
         self._rebuild()
 
     def remove(self, instance_id: str, reason: str = "") -> None:
-        if self.instances.pop(instance_id, None) is not None:
+        inst = self.instances.pop(instance_id, None)
+        if inst is not None:
             log.warning("instance %s left the fleet: %s", instance_id, reason or "removed")
+            self._left(inst)
             self._rebuild()
 
     def set_state(self, instance_id: str, state: InstanceState, reason: str = "") -> None:

@@ -5,10 +5,13 @@ and gets a 400 that names the field and what is accepted. Both body forms are ha
 plain JSON tensors, and the binary-tensor extension (a JSON header of
 ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes, each input's size in
 ``parameters.binary_data_size``). The body is never re-serialised; it is forwarded as is.
+A compressed body (``Content-Encoding: gzip|deflate``) is validated decompressed, with the
+output bounded by the body limit (:func:`decode_body`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 import zlib
@@ -17,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from mark.core.errors import BadRequest
+from mark.core.errors import BadRequest, PayloadTooLarge
 
 # bytes per element of each fixed-size v2 datatype; BYTES is length-prefixed
 DTYPE_SIZES: dict[str, int] = {
@@ -62,17 +65,52 @@ class InferInfo:
     batch_size: int  # requests' worth of work (rows of the batch dimension)
 
 
-def _decode(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
+# output produced between two yields to the event loop while decompressing a request body
+DECODE_CHUNK_BYTES = 256 * 1024
+
+
+async def decode_body(
+    body: bytes, encoding: str | None, limit_bytes: int, chunk_bytes: int = DECODE_CHUNK_BYTES,
+) -> bytes | bytearray:
+    """The body decoded from its ``Content-Encoding``, at most ``limit_bytes`` of it.
+
+    A compressed body may expand a thousandfold, so the output is bounded as it is produced:
+    inflate runs ``chunk_bytes`` of output at a time (``decompressobj`` with ``max_length``),
+    yields to the event loop between chunks so other requests keep being served, and stops
+    with 413 as soon as the output passes ``limit_bytes``; no more than the limit plus one
+    chunk is ever held. Raises ``BadRequest`` for an unknown encoding or corrupt data.
+    """
+    enc = (encoding or "").strip().lower()
+    if not enc or enc == "identity":
         return body
-    try:
-        if encoding == "gzip":
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error as exc:
-        raise BadRequest(f"body is not valid {encoding} data: {exc}") from exc
-    raise BadRequest(f"Content-Encoding {encoding!r} not accepted; accepted: gzip, deflate, identity")
+    if enc == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif enc == "deflate":
+        inflater = zlib.decompressobj(zlib.MAX_WBITS)
+    else:
+        raise BadRequest(
+            f"Content-Encoding {encoding!r} not accepted; accepted: gzip, deflate, identity"
+        )
+    out = bytearray()  # grows in place (realloc), so no second copy at the end
+    data = body
+    while True:
+        try:
+            piece = inflater.decompress(data, min(chunk_bytes, limit_bytes - len(out) + 1))
+        except zlib.error as exc:
+            raise BadRequest(f"body is not valid {enc} data: {exc}") from exc
+        out += piece
+        if len(out) > limit_bytes:
+            raise PayloadTooLarge(
+                f"request body too large: the {enc} body decompresses to more than "
+                f"frontend.max_body_bytes = {limit_bytes} bytes"
+            )
+        data = inflater.unconsumed_tail
+        if inflater.eof or (not data and not piece):
+            break
+        await asyncio.sleep(0)  # let other requests run between chunks
+    if not inflater.eof:
+        raise BadRequest(f"body is not valid {enc} data: incomplete or truncated stream")
+    return out
 
 
 def _count_json(data: Any, datatype: str, where: str) -> int:
@@ -115,14 +153,15 @@ def _count_bytes_elements(buf: memoryview, where: str) -> int:
 
 
 def parse_infer(
-    body: bytes,
+    raw: bytes | bytearray,
     header_length: str | None,
     meta: ModelMetadata,
-    content_encoding: str | None = None,
 ) -> InferInfo:
-    """Validate an infer request body against ``meta``; return what routing needs."""
+    """Validate an infer request body against ``meta``; return what routing needs.
+
+    ``raw`` is the body as sent, or decoded by :func:`decode_body` when it was compressed.
+    """
     model = meta.name
-    raw = _decode(body, content_encoding)
     if header_length is not None:
         try:
             hlen = int(header_length)

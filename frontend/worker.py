@@ -40,16 +40,20 @@ async def recheck_unhealthy(fleet: Fleet, upstream: Upstream, every_s: float) ->
 
 
 async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
-    """Apply the snapshot at ``path`` whenever it changes."""
-    seen = 0
+    """Apply the snapshot at ``path`` whenever its sequence number changes.
+
+    The file is read every period: its mtime cannot tell two rewrites within one timestamp
+    tick apart, its sequence number can (the control plane numbers each write).
+    """
+    seen: int | None = None
     while True:
         try:
-            mtime = (await asyncio.to_thread(os.stat, path)).st_mtime_ns
-            if mtime != seen:
-                snap = json.loads(await asyncio.to_thread(path.read_text))
+            snap = json.loads(await asyncio.to_thread(path.read_bytes))
+            seq = int(snap.get("seq", 0))
+            if seq != seen:
                 fleet.apply_snapshot(snap)
-                seen = mtime
-        except (OSError, ValueError) as exc:
+                seen = seq
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot read fleet snapshot %s: %s", path, exc)
         await asyncio.sleep(period_s)
 
@@ -57,7 +61,7 @@ async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
 async def serve(cfg: MarkConfig, fleet_path: Path, fd: int) -> None:
     fleet = Fleet([m.name for m in cfg.models])
     upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
-                        cfg.frontend.upstream_timeout_s)
+                        cfg.frontend.upstream_timeout_s, cfg.frontend.max_connections_per_instance)
     fleet.apply_snapshot(json.loads(await asyncio.to_thread(fleet_path.read_text)))
     app = create_app(FrontEnd(cfg, fleet, upstream))
     sock = socket.socket(fileno=fd)

@@ -78,10 +78,37 @@ class FleetConfig(_Strict):
 class FrontendConfig(_Strict):
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8080, ge=0, le=65535, description="listen port (0 = any free port)")
-    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger request bodies get 413")
-    upstream_timeout_s: float = Field(30.0, gt=0, description="timeout of one upstream request")
-    connect_timeout_s: float = Field(2.0, gt=0, description="upstream connect timeout")
-    pool_size: int = Field(256, gt=0, description="max pooled upstream connections")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0,
+        description="larger request bodies get 413 (bytes); also bounds a compressed body once "
+        "decompressed",
+    )
+    upstream_timeout_s: float = Field(
+        30.0, gt=0,
+        description="timeout of an upstream request other than inference: metadata, config, "
+        "statistics (s); inference takes its deadline from the model's SLO (attempt_timeout_*)",
+    )
+    attempt_timeout_slo_factor: float = Field(
+        10.0, gt=0,
+        description="an inference request's deadline is its arrival plus the model's "
+        "slo_latency_ms times this factor (dimensionless), clamped to [attempt_timeout_floor_s, "
+        "attempt_timeout_ceiling_s]; every attempt (the retry included) gets what is left of it",
+    )
+    attempt_timeout_floor_s: float = Field(
+        2.0, gt=0, description="shortest deadline of an inference request, after arrival (s)"
+    )
+    attempt_timeout_ceiling_s: float = Field(
+        30.0, gt=0, description="longest deadline of an inference request, after arrival (s)"
+    )
+    connect_timeout_s: float = Field(2.0, gt=0, description="upstream connect timeout (s)")
+    pool_size: int = Field(
+        256, gt=0, description="idle upstream connections kept per instance (connections)"
+    )
+    max_connections_per_instance: int = Field(
+        64, gt=0,
+        description="hard cap on connections open to one instance, busy or idle (connections); "
+        "requests beyond it wait, first come first served, within their deadline (else 504)",
+    )
     timing_log_size: int = Field(100_000, gt=0, description="per-request timing records kept")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
     workers: int | Literal["auto"] = Field(
@@ -94,7 +121,17 @@ class FrontendConfig(_Strict):
     def _check_workers(self) -> FrontendConfig:
         if isinstance(self.workers, int) and not 1 <= self.workers <= 64:
             raise ValueError(f"frontend.workers must be 1..64 or 'auto', got {self.workers}")
+        if self.attempt_timeout_floor_s > self.attempt_timeout_ceiling_s:
+            raise ValueError(
+                f"frontend.attempt_timeout_floor_s ({self.attempt_timeout_floor_s}) must not "
+                f"exceed frontend.attempt_timeout_ceiling_s ({self.attempt_timeout_ceiling_s})"
+            )
         return self
+
+    def request_budget_s(self, slo_latency_ms: float) -> float:
+        """Seconds from arrival to the deadline of an inference request of this SLO."""
+        budget = slo_latency_ms / 1000.0 * self.attempt_timeout_slo_factor
+        return min(max(budget, self.attempt_timeout_floor_s), self.attempt_timeout_ceiling_s)
 
 
 class MarkConfig(_Strict):

@@ -230,7 +230,8 @@ def resolve_trace(path: str | Path) -> Path:
         if name in (stem, fname):
             return TRACE_DIR / fname
     raise ConfigError(
-        f"{p}: no such trace file, nor a shipped trace; shipped: {', '.join(sorted(SHIPPED_TRACES))}"
+        f"{p}: trace file not found, nor a shipped trace of that name; "
+        f"shipped: {', '.join(sorted(SHIPPED_TRACES))}"
     )
 
 
