@@ -1,15 +1,8 @@
 """FaaS as a planned tier: mark with and without it against lambda, batch, sagemaker and the
-oracle, on the shared Twitter week, its low-rate version and a sparse trace with idle hours.
+oracle, on the shipped Twitter week, its low-rate version and a sparse trace with idle hours.
 
-Traces (all replayed with the Inception-v3 profile, MArk's model: SLO 98% under 500 ms,
-CPU types only, on-demand):
-
-- ``twitter``: the shared Twitter week at its own rate (x1, a fleet of c5.xlarge-class
-  instances), the first ``--days`` days;
-- ``low-rate``: the same days scaled (:func:`mark.core.workload.scenarios.low_rate`) so the
-  peak minute is ``LOW_PEAK_RPS`` (about one c5.xlarge under the SLO);
-- ``sparse``: :func:`mark.core.workload.scenarios.sparse_diurnal` (seeded): a diurnal rate
-  peaking at ``SPARSE_PEAK_RPS``, idle at night and in on/off gaps by day.
+Scenarios (:mod:`scenarios`: ``twitter``, ``low_rate``, ``sparse``, the first ``--days``
+days, Inception-v3, SLO 98% under 500 ms, CPU types only, on-demand); rows in its one schema.
 
 For each: cost per million requests, SLO attainment, spill share, each cost as a ratio to
 the oracle (which has the FaaS option too), and mark's FaaS-tier record (share of time at
@@ -37,46 +30,41 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import CPU_TYPES, TWITTER  # noqa: E402
+from scenarios import (  # noqa: E402
+    CPU_TYPES,
+    INCEPTION,
+    INCEPTION_SLO,
+    Scenario,
+    low_rate,
+    print_rows,
+    row,
+    sparse,
+    twitter,
+)
 
-from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
-from mark.core.workload.traces import load_trace  # noqa: E402
-from mark.sim.simulator import simulate  # noqa: E402
-from provisioner import Slo  # noqa: E402
+from mark.core.catalogue import load_catalogue  # noqa: E402
+from mark.core.instances import Instance, InstanceState  # noqa: E402
+from mark.core.profiles import load_profile  # noqa: E402
+from provisioner import PolicyContext, Snapshot, default_serving_plan, make_policy  # noqa: E402
+from provisioner.faas_batching import choose_faas_config  # noqa: E402
+from provisioner.faas_tier import crossover as closed_crossover  # noqa: E402
+from provisioner.faas_tier import faas_tier_cost_per_request  # noqa: E402
 
 POLICIES = ("oracle", "mark", "mark-no-faas", "lambda", "batch", "sagemaker")
-PROFILE = "inception-v3"
-SLO = Slo(500, 98)
-LOW_PEAK_RPS = 3.5
-SPARSE_PEAK_RPS = 8.0
-SPARSE_SEED = 11
+PROFILE, SLO = INCEPTION, INCEPTION_SLO
 
 
-def traces(days: int) -> list[tuple[str, np.ndarray]]:
-    tw = load_trace(TWITTER).slice(0, days * 86400)
-    return [
-        (f"twitter x1, {days} d", tw.counts),
-        (f"twitter low-rate (peak {LOW_PEAK_RPS:g}/s), {days} d",
-         low_rate(tw, LOW_PEAK_RPS).counts),
-        (f"sparse on/off diurnal (peak {SPARSE_PEAK_RPS:g}/s, seed {SPARSE_SEED}), {days} d",
-         sparse_diurnal(days, SPARSE_PEAK_RPS, seed=SPARSE_SEED).counts),
-    ]
+def scenarios(days: int) -> list[Scenario]:
+    return [twitter(days), low_rate(days), sparse(days)]
 
 
 def crossover() -> dict[str, float]:
     """Closed form vs the planner, with Lambda at batch 1 (Inception-v3 does not batch on
     Lambda within 500 ms anyway)."""
-    from mark.core.catalogue import load_catalogue
-    from mark.core.instances import Instance
-    from mark.core.profiles import load_profile
-    from provisioner import PolicyContext, Snapshot, make_policy
-    from provisioner.faas_batching import choose_faas_config
-    from provisioner.faas_tier import crossover, faas_tier_cost_per_request
-
     ctx = PolicyContext(load_catalogue(), load_profile(PROFILE), SLO, types=CPU_TYPES)
     cfg = choose_faas_config(ctx, 2.0)
     c_f = faas_tier_cost_per_request(ctx, cfg, 2.0)
-    closed, itype, market = crossover(ctx, c_f)
+    closed, itype, market = closed_crossover(ctx, c_f)
     assert itype is not None and market is not None
 
     def planned(rate: float, running: bool) -> bool:
@@ -85,7 +73,8 @@ def crossover() -> dict[str, float]:
                 return np.full(horizon, rate)
 
         pol = make_policy("mark", ctx, forecast=Flat())
-        fleet = (Instance("i-0", itype, market, "ready", 0.0, 120.0),) if running else ()
+        fleet = ((Instance("i-0", itype, market, InstanceState.READY, 0.0, 120.0),)
+                 if running else ())
         snap = Snapshot(3600.0, np.full(3600, round(rate)), fleet, SLO)
         return pol.decide(snap, pol.initial_state())[0].info["planned_instances"] > 0
 
@@ -96,46 +85,44 @@ def crossover() -> dict[str, float]:
             lo, hi = (lo, mid) if planned(mid, running) else (mid, hi)
         return hi
 
+    cap = default_serving_plan(ctx).types[itype].capacity_rps
     margin = make_policy("mark", ctx).first_launch_margin  # type: ignore[attr-defined]
     keep, first = threshold(True), threshold(False)
     # the margin holds back an instance the rate would leave part idle, not a full one
-    first_closed = min(closed * margin, ctx.serving.types[itype].capacity_rps)
+    first_closed = min(closed * margin, cap)
     return {"faas_usd_per_request": c_f, "faas_memory_mb": cfg.memory_mb,
             "instance_type": itype, "closed_form_rps": closed,
             "planner_keep_rps": keep, "keep_relative_difference": abs(keep - closed) / closed,
-            "first_launch_margin": margin, "capacity_rps": ctx.serving.types[itype].capacity_rps,
+            "first_launch_margin": margin, "capacity_rps": cap,
             "closed_form_first_launch_rps": first_closed, "planner_first_launch_rps": first,
             "first_launch_relative_difference": abs(first - first_closed) / first_closed}
 
 
 def run(days: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name, counts in traces(days):
-        print(f"{name}: {int(counts.sum())} requests", flush=True)
-        oracle_cost = None
+    for sc in scenarios(days):
+        print(f"{sc.name}: {sc.requests} requests", flush=True)
+        oracle_usd = None
         for pol in POLICIES:
             t0 = time.perf_counter()
-            r = simulate(counts, pol, profile=PROFILE, slo=SLO, types=CPU_TYPES, seed=1,
-                         timeline=False)
+            r = sc.simulate(pol, timeline=False)
             if pol == "oracle":
-                oracle_cost = r.cost_usd["total"]
-            assert oracle_cost is not None
-            row = {"trace": name, **r.to_json(),
-                   "ratio_to_oracle": r.cost_usd["total"] / oracle_cost}
-            rows.append(row)
-            tier = row.get("faas_tier", {})
+                oracle_usd = r.cost_usd["total"]
+            rows.append(row(sc, pol, "on-demand", r, oracle_usd))
+            tier = rows[-1].get("faas_tier", {})
             note = (f" zero-instance {tier['zero_instance_share']:.1%}, cover {tier['cover']}"
                     if tier else "")
-            print(f"  {pol:13s} ${r.cost_per_million_usd:9.3f}/M x{row['ratio_to_oracle']:5.2f} "
-                  f"oracle  att {r.slo_attainment:7.3%} spill {r.spill_share:6.2%}{note} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"  {pol:13s} ${r.cost_per_million_usd:9.3f}/M "
+                  f"x{rows[-1]['ratio_to_oracle']:5.2f} oracle  att {r.slo_attainment:7.3%} "
+                  f"spill {r.spill_share:6.2%}{note} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
     return rows
 
 
 def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tr in dict.fromkeys(r["trace"] for r in rows):
-        by = {r["policy"]: r for r in rows if r["trace"] == tr}
+    for tr in dict.fromkeys(r["scenario"] for r in rows):
+        by = {r["policy"]: r for r in rows if r["scenario"] == tr}
         mark = by["mark"]["cost_usd"]["total"]
         rival = min(by["mark-no-faas"]["cost_usd"]["total"], by["lambda"]["cost_usd"]["total"])
         out[tr] = {
@@ -157,12 +144,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    trs = list(dict.fromkeys(r["trace"] for r in rows))
+    trs = list(dict.fromkeys(r["scenario"] for r in rows))
     fig, axes = plt.subplots(len(trs), 2, figsize=(12, 3.4 * len(trs)), squeeze=False)
     colors = {"oracle": "#636363", "mark": "#3182bd", "mark-no-faas": "#9ecae1",
               "lambda": "#de2d26", "batch": "#fc9272", "sagemaker": "#31a354"}
     for i, tr in enumerate(trs):
-        rs = [r for r in rows if r["trace"] == tr]
+        rs = [r for r in rows if r["scenario"] == tr]
         x = np.arange(len(rs))
         c = [colors.get(r["policy"], "#999999") for r in rs]
         ax = axes[i][0]
@@ -208,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({cross['first_launch_relative_difference']:.3%} apart)")
     rows = run(args.days)
     tg = targets(rows)
-    print(f"\n{'trace':58s} {'policy':13s} {'$/M':>9s} {'x oracle':>8s} {'SLO att':>8s} "
-          f"{'spill':>7s}")
-    for r in rows:
-        print(f"{r['trace'][:58]:58s} {r['policy']:13s} {r['cost_per_million_usd']:9.3f} "
-              f"{r['ratio_to_oracle']:8.2f} {r['slo_attainment']:8.3%} {r['spill_share']:7.2%}")
+    print()
+    print_rows(rows)
     for tr, t in tg.items():
         print(f"{tr}: mark / min(no-faas, lambda) = {t['mark_over_rival']:.3f} "
               f"(no more: {t['no_more']}, strictly less: {t['strictly_less']}), "

@@ -1,15 +1,12 @@
-"""Every policy on the shared Twitter week and on MMPP traces with +75% / +100% surges.
+"""Every policy on the shipped Twitter week and on MMPP traces with +75% / +100% surges.
 
 For each scenario and policy: cost per million requests, SLO attainment, spill share, and
 the cost as a ratio to the oracle (the cheapest feasible fleet with perfect foresight and
 instant launches). Policies run on-demand only and with spot; the SageMaker-style baseline
 is reported billed at ml.* prices (x1.4) and at EC2 prices.
 
-Scaling (say it in every report): the Twitter week is replayed at its own rate (x1, 38.7 M
-requests) with the Inception-v3 profile (MArk's model; c5.large 210 ms per image, SLO 98%
-under 500 ms), which needs a fleet of tens of c5.large-class instances; ``--minilm-day``
-adds one day of the week x20 with the MiniLM profile (SLO 98% under 200 ms), the design
-notes' scale. The MMPP traces use the Inception-v3 profile too.
+Scenarios and scaling: :mod:`scenarios` (``twitter``, ``mmpp_surges`` and, with
+``--minilm-day``, ``twitter_minilm_x20``); rows in its one schema.
 
 Also timed: 24 hours of the Twitter trace x3 (about 17 M requests) under ``mark`` with
 MiniLM, per-request latencies kept (``speed`` in the JSON).
@@ -31,56 +28,35 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import CPU_TYPES, TWITTER  # noqa: E402
+from scenarios import (  # noqa: E402
+    CPU_TYPES,
+    Scenario,
+    mmpp_surges,
+    print_rows,
+    row,
+    twitter,
+    twitter_minilm_x20,
+)
 
-from mark.core.workload.arrivals import mmpp_trace  # noqa: E402
-from mark.core.workload.traces import load_trace  # noqa: E402
-from mark.sim.simulator import simulate  # noqa: E402
-from provisioner import Slo  # noqa: E402
+from mark.sim import simulate  # noqa: E402
+from mark.sim.plot import plot_timeline  # noqa: E402
 
 POLICIES = ("oracle", "mark", "sagemaker", "lambda", "batch", "mark-released")
 
 
-def mmpp_with_surges(days: float, seed: int) -> np.ndarray:
-    """A 3-state MMPP (quiet / normal / busy around 64 req/s like the Twitter mean) with a
-    +75% surge for 20 minutes at 6 h and a +100% surge for 20 minutes at 14 h of each day."""
-    dur = int(days * 86400)
-    rates = [40.0, 64.0, 100.0]
-    q = np.array([[0.0, 1 / 1800, 0.0], [1 / 3600, 0.0, 1 / 3600], [0.0, 1 / 1200, 0.0]])
-    counts = mmpp_trace(rates, q, dur, seed=seed).counts.astype(np.int64)
-    rng = np.random.default_rng(seed + 1)
-    for day in range(int(np.ceil(days))):
-        for at_h, factor in ((6, 1.75), (14, 2.0)):
-            a = day * 86400 + at_h * 3600
-            b = min(a + 1200, dur)
-            if a < dur:
-                counts[a:b] += rng.poisson((factor - 1.0) * counts[a:b])
-    return counts
-
-
-def scenarios(quick: bool, minilm_day: bool, types: tuple[str, ...] | None
-              ) -> list[dict[str, Any]]:
-    tw = load_trace(TWITTER).counts
+def scenarios(quick: bool, minilm_day: bool, types: tuple[str, ...] | None) -> list[Scenario]:
     days = 1 if quick else 7
-    out = [
-        {"name": f"twitter-week x1, inception-v3, {days} d", "counts": tw[: days * 86400],
-         "profile": "inception-v3", "slo": Slo(500, 98), "scale": 1.0},
-        {"name": f"mmpp+surges 75%/100%, inception-v3, {min(days, 2)} d",
-         "counts": mmpp_with_surges(min(days, 2), 7), "profile": "inception-v3",
-         "slo": Slo(500, 98), "scale": 1.0},
-    ]
+    out = [twitter(days), mmpp_surges(min(days, 2))]
     if minilm_day:
-        out.append({"name": "twitter day 1 x20, minilm", "counts": tw[:86400],
-                    "profile": "minilm", "slo": Slo(200, 98), "scale": 20.0})
-    for sc in out:
-        sc["types"] = types
-    return out
+        out.append(twitter_minilm_x20())
+    return [sc.with_types(types) for sc in out]
 
 
-def run_scenario(sc: dict[str, Any], plot_dir: Path | None) -> list[dict[str, Any]]:
+def run_scenario(sc: Scenario, plot_dir: Path | None) -> list[dict[str, Any]]:
     rows = []
     for spot in (False, True):
-        oracle_cost = None
+        market = "spot" if spot else "on-demand"
+        oracle_usd = None
         for pol in POLICIES:
             if spot and pol in ("lambda", "batch"):
                 continue  # no instances: identical to the on-demand run
@@ -89,32 +65,24 @@ def run_scenario(sc: dict[str, Any], plot_dir: Path | None) -> list[dict[str, An
                 variants.append(("sagemaker (EC2 prices)", {"ml_premium": False}))
             for label, kw in variants:
                 t0 = time.perf_counter()
-                r = simulate(sc["counts"], pol, profile=sc["profile"], slo=sc["slo"],
-                             scale=sc["scale"], spot=spot and pol != "sagemaker", seed=1,
-                             types=sc["types"],
-                             timeline=plot_dir is not None and pol == "mark", **kw)
+                r = sc.simulate(pol, spot=spot and pol != "sagemaker",
+                                timeline=plot_dir is not None and pol == "mark", **kw)
                 if pol == "oracle":
-                    oracle_cost = r.cost_usd["total"]
-                assert oracle_cost is not None
-                row = {"scenario": sc["name"], "market": "spot" if spot else "on-demand",
-                       **r.to_json(), "policy": label,
-                       "ratio_to_oracle": r.cost_usd["total"] / oracle_cost}
-                rows.append(row)
-                print(f"  {row['market']:9s} {label:24s} ${r.cost_per_million_usd:8.3f}/M "
-                      f"x{row['ratio_to_oracle']:5.2f} oracle  att {r.slo_attainment:7.3%} "
+                    oracle_usd = r.cost_usd["total"]
+                rows.append(row(sc, label, market, r, oracle_usd))
+                print(f"  {market:9s} {label:24s} ${r.cost_per_million_usd:8.3f}/M "
+                      f"x{rows[-1]['ratio_to_oracle']:5.2f} oracle  att {r.slo_attainment:7.3%} "
                       f"spill {r.spill_share:6.2%}  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
                 if r.timeline and plot_dir is not None:
-                    from mark.sim.plot import plot_timeline
-
-                    slug = "".join(ch if ch.isalnum() else "-" for ch in sc["name"])[:40]
-                    plot_timeline(r, plot_dir / f"timeline-{slug}-{row['market']}.png",
-                                  f"{sc['name']} / {label} / {row['market']}")
+                    slug = "".join(ch if ch.isalnum() else "-" for ch in sc.name)[:40]
+                    plot_timeline(r, plot_dir / f"timeline-{slug}-{market}.png",
+                                  f"{sc.name} / {label} / {market}")
     return rows
 
 
 def speed_check() -> dict[str, Any]:
-    tw = load_trace(TWITTER).counts[:86400]
+    tw = twitter(1).counts
     simulate(tw[:3600], "mark", scale=3.0, timeline=False)  # compile / warm caches
     t0 = time.perf_counter()
     r = simulate(tw, "mark", scale=3.0, seed=0, timeline=False)
@@ -199,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for sc in scenarios(args.quick, args.minilm_day, None if args.all_types else CPU_TYPES):
-        print(f"{sc['name']}: {int(sc['counts'].sum() * sc['scale'])} requests", flush=True)
+        print(f"{sc.name}: {sc.requests} requests", flush=True)
         rows += run_scenario(sc, out.parent if args.timelines else None)
     doc: dict[str, Any] = {
         "types": "all profiled" if args.all_types else list(CPU_TYPES),
@@ -207,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_speed:
         doc["speed"] = speed_check()
     print()
-    print(f"{'scenario':44s} {'market':9s} {'policy':24s} {'$/M':>8s} {'x oracle':>8s} "
-          f"{'SLO att':>8s} {'spill':>7s}")
-    for r in rows:
-        print(f"{r['scenario'][:44]:44s} {r['market']:9s} {r['policy']:24s} "
-              f"{r['cost_per_million_usd']:8.3f} {r['ratio_to_oracle']:8.2f} "
-              f"{r['slo_attainment']:8.3%} {r['spill_share']:7.2%}")
+    print_rows(rows)
     for sc, s in doc["summary"].items():
         print(f"\n{sc}:")
         for k, v in s.items():
