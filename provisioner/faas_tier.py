@@ -91,13 +91,6 @@ def faas_tier_cost_per_request(ctx: PolicyContext, cfg: FaasConfig, rate_rps: fl
     return cfg.cost_per_request_usd + p * cold_start_cost_usd(ctx, cfg.memory_mb) / k
 
 
-def instance_cost_per_request(price_usd_per_h: float, capacity_rps: float, rate_rps: float
-                              ) -> float:
-    """One instance serving ``rate_rps`` (capped at its capacity): $ per request."""
-    r = min(rate_rps, capacity_rps)
-    return math.inf if r <= 0 else price_usd_per_h / 3600.0 / r
-
-
 def crossover(ctx: PolicyContext, faas_cpr_usd: float, serving: ServingPlan | None = None
               ) -> tuple[float, str | None, str | None]:
     """(rate, type, market) of :func:`crossover_rps`; ``(inf, None, None)`` when none."""

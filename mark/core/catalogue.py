@@ -111,13 +111,6 @@ class Catalogue:
                 f"unknown instance type {name!r}; catalogue has: {sorted(self.instances)}"
             ) from None
 
-    def with_launch_delay(self, delay_s: float) -> Catalogue:
-        """A copy where every type becomes ready ``delay_s`` after launch (oracle, tests)."""
-        from dataclasses import replace
-
-        inst = {k: replace(v, launch_delay_s=delay_s) for k, v in self.instances.items()}
-        return replace(self, instances=inst)
-
 
 def _req(d: dict[str, Any], key: str, where: str) -> Any:
     if key not in d:
