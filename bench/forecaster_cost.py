@@ -1,9 +1,10 @@
 """Forecasters chosen by cost: every forecaster behind the mark policy, in the simulator.
 
-For each forecaster the mark policy accepts (the provisioner's own peak forecasts and every
-forecaster registered in ``predictor``, run at the provisioning step through
-``provisioner.forecast.PredictorPeak``: one step = 60 s, daily season = 1440 steps) and
-each evaluation trace, one simulation with policy ``mark``, on-demand, CPU types only:
+For each forecaster the mark policy accepts (every name registered in ``predictor``, built
+by ``predictor.make_rate_forecast``: window forecasts as they are, step forecasters run at
+the provisioning step through ``predictor.StepRateForecast``: one step = 60 s, daily
+season = 1440 steps) and each evaluation trace, one simulation with policy ``mark``,
+on-demand, CPU types only:
 
 - ``twitter``: the first ``--days`` days of the shared Twitter week at its own rate (x1)
   with the Inception-v3 profile (SLO 98% under 500 ms): a fleet of tens of c5.large-class
@@ -16,15 +17,15 @@ Columns: $ per million requests, cost as a ratio to the cheapest forecaster that
 SLO on that trace, SLO attainment, spill share; ``MAPE@1`` of the forecaster's expected
 value (``predictor.backtest`` of the same forecaster on the same trace at 60 s, 60 steps
 of warm-up; target = per-second peak within each minute, or the minute's mean rate for a
-``:mean`` row; none for the provisioner's own forecasts, which have no separate
-expectation); ``plan MAPE@1``: the
+``:mean`` row; none for the window forecasts, which have no separate expectation);
+``plan MAPE@1``: the
 error of the value the policy actually planned for (its forecast for the current minute,
 from the simulation's timeline) against that minute's per-second peak, for every
 forecaster. The chosen default is the forecaster with the lowest geometric-mean cost
 ratio among those that meet the SLO on every trace.
 
-Each registered forecaster runs twice: as the provisioner builds it by name (the upper
-quantile, 0.95, of the per-second peak within each minute: ``PredictorPeak(name)``), and as
+Each step forecaster runs twice: as the provisioner builds it by name (the upper
+quantile, 0.95, of the per-second peak within each minute: ``StepRateForecast(name)``), and as
 ``NAME:mean`` (its expectation of the minute's mean rate, ``target="mean", use="mean"``,
 leaving the peaks within the minute to queueing and spill, as the provisioner's own
 quantile forecasts do; ``adaptive:mean`` plans for its upper with ``min_scale=0``, so
@@ -56,13 +57,14 @@ from common import CPU_TYPES, TWITTER  # noqa: E402
 
 from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
 from mark.core.workload.traces import Trace, load_trace  # noqa: E402
-from provisioner import Slo  # noqa: E402
-from provisioner.forecast import (  # noqa: E402
-    DEFAULT_FORECAST,
-    IN_HOUSE_FORECASTS,
-    PredictorPeak,
-    available_peak_forecasts,
+from predictor import (  # noqa: E402
+    PeakRateForecaster,
+    StepRateForecast,
+    available_forecasters,
+    backtest,
+    forecaster_kind,
 )
+from provisioner import DEFAULT_FORECAST, Slo  # noqa: E402
 
 PROFILE, SLO = "inception-v3", Slo(500, 98)
 STEP_S = 60
@@ -96,7 +98,7 @@ def variants(names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, name, forecast_kw): each name as built by name, plus ``NAME:mean`` rows."""
     out: list[tuple[str, str, dict[str, Any]]] = [(n, n, {}) for n in names]
     for n in names:
-        if n in IN_HOUSE_FORECASTS:
+        if forecaster_kind(n) == "window":
             continue
         # the adaptive forecaster's point is its margin: plan for its upper, which may
         # relax to the mean itself (min_scale=0) after a run of good steps
@@ -109,12 +111,10 @@ def variants(names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
 def backtest_mape(trace: Trace, name: str, kw: dict[str, Any]) -> float | None:
     """MAPE@1 (%) of the forecaster's expected value for the next step, as the policy's
     forecaster makes it (its peak target, or the mean rate for a ``:mean`` row)."""
-    if name in IN_HOUSE_FORECASTS:
+    if forecaster_kind(name) == "window":
         return None
-    from predictor import PeakRateForecaster, backtest
-
-    adapter = PredictorPeak(name, **kw)
-    model = adapter._build(STEP_S)
+    adapter = StepRateForecast(name, **kw)
+    model: Any = adapter.build(STEP_S)
     if adapter.target == "peak" and not isinstance(model, PeakRateForecaster):
         model = model.inner  # a wrapper keeps its inner's mean
     target: Literal["mean", "peak"] = "mean" if adapter.target == "mean" else "peak"
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--only", nargs="*", default=None, help="forecaster names to run")
     args = ap.parse_args(argv)
-    rows_to_run = [v for v in variants(available_peak_forecasts())
+    rows_to_run = [v for v in variants(available_forecasters())
                    if not args.only or v[0] in args.only or v[1] in args.only]
     trs = traces(args.days, args.low_peak)
     # longest first, so the two workers finish together

@@ -21,6 +21,12 @@ A :class:`~mark.core.workload.traces.Trace` is scored in requests per second: me
 step, or with ``target="peak"`` the per-second peak within each step (this needs a
 per-second trace); a :class:`~predictor.peak.PeakRateForecaster` is then fed both the mean
 and the peak of each step.
+
+:func:`backtest_rate` scores a :class:`~predictor.base.RateForecast` (a window forecast,
+or any forecaster as the provisioner runs it) the same way: at each origin it is called
+with the per-second counts up to the end of the origin's step and scored against the
+per-second peak within each step ahead; it gives one value per step, so ``mean`` and
+``upper`` are that value.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mark.core.workload.traces import Trace, collection_gaps
-from predictor.base import Forecaster, make_forecaster
+from predictor.base import Forecaster, RateForecast, make_forecaster
 from predictor.peak import PeakRateForecaster
 
 
@@ -141,18 +147,10 @@ def backtest(
     model = make_forecaster(forecaster, **forecaster_kw) if isinstance(forecaster, str) else forecaster
     peak_model = isinstance(model, PeakRateForecaster)
     series, means = _series(data, step_s, target, peak_model, mask_gaps)
-    n = series.size
     season = getattr(model, "season", None)
     if warmup is None:
         warmup = max(60, 2 * season) if isinstance(season, int) else 60
-    n_possible = n - horizon - warmup + 1
-    if warmup < 1 or n_possible < 1:
-        raise ValueError(
-            f"series of {n} steps is too short for warmup {warmup} and horizon {horizon}"
-        )
-    if max_origins is not None and math.ceil(n_possible / every) > max_origins:
-        every = math.ceil(n_possible / max_origins)
-    origins = np.arange(warmup - 1, n - horizon, every)
+    origins = _origins(series.size, horizon, warmup, every, max_origins)
 
     def feed(lo: int, hi: int) -> None:
         if means is not None:
@@ -176,6 +174,53 @@ def backtest(
         mean[i], upper[i] = fc.mean, fc.upper
     actual = series[origins[:, None] + np.arange(1, horizon + 1)]
     return _score(model.name, horizon, origins, actual, mean, upper, elapsed)
+
+
+def backtest_rate(
+    trace: Trace,
+    forecast: RateForecast,
+    horizon: int,
+    *,
+    name: str,
+    step_s: int = 60,
+    warmup: int = 60,
+    every: int = 1,
+    max_origins: int | None = None,
+    mask_gaps: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BacktestResult:
+    """Rolling-origin backtest of a rate forecast on a per-second count trace, scored
+    against the per-second peak within each step of ``step_s`` (see the module docstring;
+    the arguments are :func:`backtest`'s, ``name`` labels the result)."""
+    if horizon < 1 or every < 1 or step_s < 1:
+        raise ValueError(f"horizon, every and step_s must be >= 1, got {horizon}, {every}, "
+                         f"{step_s}")
+    if trace.step_s != 1 or trace.kind != "count":
+        raise ValueError("a rate forecast needs a per-second count trace")
+    series, _ = _series(trace, step_s, "peak", False, mask_gaps)
+    origins = _origins(series.size, horizon, warmup, every, max_origins)
+    counts = np.asarray(trace.counts)
+    out = np.empty((origins.size, horizon))
+    elapsed = np.empty(origins.size)
+    for i, origin in enumerate(origins):
+        t0 = clock()
+        out[i] = forecast(counts[: (origin + 1) * step_s], horizon, float(step_s))
+        elapsed[i] = clock() - t0
+    actual = series[origins[:, None] + np.arange(1, horizon + 1)]
+    return _score(name, horizon, origins, actual, out, out, elapsed)
+
+
+def _origins(n: int, horizon: int, warmup: int, every: int, max_origins: int | None
+             ) -> np.ndarray:
+    """Indices of the last step seen at each origin."""
+    n_possible = n - horizon - warmup + 1
+    if warmup < 1 or n_possible < 1:
+        raise ValueError(
+            f"series of {n} steps is too short for warmup {warmup} and horizon {horizon}"
+        )
+    if max_origins is not None and math.ceil(n_possible / every) > max_origins:
+        every = math.ceil(n_possible / max_origins)
+    return np.arange(warmup - 1, n - horizon, every)
 
 
 def _score(

@@ -19,6 +19,14 @@ Contract of :class:`Forecaster`:
 - Cost: one ``observe`` of one value plus one ``forecast`` stays under 100 ms (model refits
   are periodic and on a bounded window).
 - ``name`` is the registry name.
+
+The same registry also holds the *window forecasts* (:mod:`predictor.window`): factories
+marked ``rate_forecast = True`` whose products are :class:`RateForecast` callables over
+per-second counts rather than step-wise forecasters. :class:`RateForecast` is the one
+interface the provisioner plans against; :func:`predictor.rate.make_rate_forecast` builds one
+for every registered name (a step forecaster through
+:class:`predictor.rate.StepRateForecast`). :func:`forecaster_kind` tells the two kinds
+apart; :func:`make_forecaster` builds step forecasters only.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -39,6 +47,7 @@ _BUILTIN_MODULES = (
     "predictor.holt_winters",
     "predictor.sarimax",
     "predictor.adaptive",
+    "predictor.window",
 )
 
 
@@ -75,6 +84,21 @@ class Forecaster(Protocol):
         ...
 
 
+@runtime_checkable
+class RateForecast(Protocol):
+    """The provisioner's forecast: peak request rate ahead from the per-second counts so far.
+
+    ``f(counts, horizon, step_s)`` takes the arrival counts of every second so far (oldest
+    first, as the caller has them) and returns a float64 array of ``horizon`` non-negative
+    values: the forecast peak rate (requests/s) in each of the next ``horizon`` steps of
+    ``step_s`` seconds. It is a function of ``counts``: an implementation may cache work
+    across calls (a step forecaster fed so far) but must give the same answer for the same
+    history.
+    """
+
+    def __call__(self, counts: np.ndarray, horizon: int, step_s: float) -> np.ndarray: ...
+
+
 FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
 _REGISTRY: Registry[Callable[..., Any]] = Registry("forecaster")
 
@@ -106,27 +130,46 @@ def available_forecasters() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _factory(name: str) -> Callable[..., Any]:
+def forecaster_factory(name: str) -> Callable[..., Any]:
+    """The factory registered as ``name``; ``ConfigError`` listing every name if none is."""
     _load_builtins()
     return _REGISTRY.lookup(name)
 
 
+def forecaster_kind(name: str) -> Literal["step", "window"]:
+    """``"window"`` for a window forecast (its factory builds a :class:`RateForecast` of
+    per-second counts, marked ``rate_forecast = True``), else ``"step"`` (a
+    :class:`Forecaster`)."""
+    return "window" if getattr(forecaster_factory(name), "rate_forecast", False) else "step"
+
+
 def forecaster_parameters(name: str) -> tuple[str, ...]:
     """Keyword arguments the named forecaster's constructor accepts."""
-    params = inspect.signature(_factory(name)).parameters.values()
+    params = inspect.signature(forecaster_factory(name)).parameters.values()
     return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def make_forecaster(name: str, **kwargs: Any) -> Forecaster:
-    """A new forecaster by registry name; unknown names and arguments raise ``ConfigError``."""
-    factory = _factory(name)
+    """A new step forecaster by registry name; unknown names and arguments, and window
+    forecasts (see :func:`predictor.rate.make_rate_forecast`), raise ``ConfigError``."""
+    if forecaster_kind(name) == "window":
+        raise ConfigError(f"forecaster {name!r} is a window forecast of per-second counts, "
+                          f"not a step forecaster; build it with make_rate_forecast")
+    forecaster: Forecaster = build_forecaster(name, **kwargs)
+    return forecaster
+
+
+def build_forecaster(name: str, **kwargs: Any) -> Any:
+    """What the factory registered as ``name`` builds (a :class:`Forecaster` or, for a
+    window forecast, a :class:`RateForecast`); unknown names and bad arguments raise
+    ``ConfigError`` (the message lists the arguments it accepts)."""
+    factory = forecaster_factory(name)
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
         accepted = ", ".join(forecaster_parameters(name))
         raise ConfigError(f"forecaster {name!r}: {exc}; it accepts: {accepted}") from None
     try:
-        forecaster: Forecaster = factory(**kwargs)
+        return factory(**kwargs)
     except ValueError as exc:
         raise ConfigError(f"forecaster {name!r}: {exc}") from exc
-    return forecaster

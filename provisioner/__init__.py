@@ -14,15 +14,7 @@ from provisioner.capacity import capacity_rps, latency_quantile
 from provisioner.context import PolicyContext
 from provisioner.faas_batching import choose_faas_config, expected_batch, faas_config_for
 from provisioner.faas_tier import Cover, cold_start_cover, crossover_rps, faas_tier_cost_per_request
-from provisioner.forecast import (
-    DEFAULT_FORECAST,
-    PeakForecast,
-    RecentPeak,
-    TrendPeak,
-    available_peak_forecasts,
-    make_peak_forecast,
-)
-from provisioner.greedy import GreedyState, MArkGreedy, MArkNoFaas, greedy_plan
+from provisioner.greedy import DEFAULT_FORECAST, GreedyState, MArkGreedy, MArkNoFaas, greedy_plan
 from provisioner.oracle import Oracle
 from provisioner.policies import available_policies, make_policy
 from provisioner.records import (
@@ -52,18 +44,14 @@ __all__ = [
     "MArkNoFaas",
     "MArkReleased",
     "Oracle",
-    "PeakForecast",
     "PolicyContext",
     "ProvisioningPolicy",
-    "RecentPeak",
     "SageMakerTargetTracking",
     "ServingPlan",
     "Slo",
     "Snapshot",
     "SpillPolicy",
-    "TrendPeak",
     "TypeServing",
-    "available_peak_forecasts",
     "available_policies",
     "capacity_rps",
     "choose_batching",
@@ -76,7 +64,6 @@ __all__ = [
     "faas_tier_cost_per_request",
     "greedy_plan",
     "latency_quantile",
-    "make_peak_forecast",
     "make_policy",
     "predict_latency_s",
     "register_policy",

@@ -18,7 +18,7 @@ steps:
 
 Defaults differ from the paper's where the simulator showed a cheaper setting at the same
 SLO attainment: the forecast is ``"auto-quantile"`` (the newsvendor quantile of the last
-two minutes' 5-second rates, see :class:`provisioner.forecast.RecentQuantile`, with the
+two minutes' 5-second rates, :class:`predictor.window.AutoQuantile`, with the
 quantile re-derived each step from instance vs FaaS cost per request, FaaS priced for a
 spill stream of ``spill_plan_share`` of the load) instead of 1.1x the 10-minute peak,
 the FaaS settings follow the spill rate seen and planned (BATCH-style, ``faas_for``), the
@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from mark.core.instances import Instance, InstanceState, Market
+from predictor import RateForecast, RecentQuantile, make_rate_forecast
 from provisioner.base import register_policy
 from provisioner.context import PolicyContext
 from provisioner.faas_batching import faas_config_for
@@ -66,9 +67,14 @@ from provisioner.faas_tier import (
     cold_start_cover,
     faas_tier_cost_per_request,
 )
-from provisioner.forecast import DEFAULT_FORECAST, PeakForecast, RecentQuantile, make_peak_forecast
 from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
 from provisioner.serving import default_serving_plan
+
+#: The mark policy's forecast unless told otherwise (any name registered in :mod:`predictor`
+#: is accepted): the one with the lowest cost at the SLO on the shared evaluation traces
+#: (``bench/forecaster_cost.py``). For ``"auto-quantile"`` the planner re-derives the
+#: quantile from instance vs FaaS prices at each decision (:meth:`MArkGreedy.decide`).
+DEFAULT_FORECAST = "auto-quantile"
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ class MArkGreedy:
         interval_s: float = 60.0,
         horizon_s: float = 600.0,
         hold_s: float = 60.0,
-        forecast: str | PeakForecast = DEFAULT_FORECAST,
+        forecast: str | RateForecast = DEFAULT_FORECAST,
         forecast_kw: dict[str, Any] | None = None,
         launch_overhead_s: float = 180.0,
         spill: bool = True,
@@ -220,11 +226,9 @@ class MArkGreedy:
         # "auto-quantile": the quantile is re-derived at each decision (see spill_quantile)
         self.auto_q = forecast == "auto-quantile" and spill and "q" not in kw
         if forecast == "auto-quantile":
-            forecast = "recent-quantile"
             kw.setdefault("q", self.spill_quantile() if spill else 1.0)
-            kw.setdefault("window_s", 120)
-        self.forecast: PeakForecast = (
-            make_peak_forecast(forecast, **kw) if isinstance(forecast, str) else forecast
+        self.forecast: RateForecast = (
+            make_rate_forecast(forecast, **kw) if isinstance(forecast, str) else forecast
         )
 
     def spill_quantile(self, spill_rps: float | None = None, lo: float = 0.2,
@@ -371,7 +375,7 @@ class MArkNoFaas(MArkGreedy):
 
     name = "mark-no-faas"
 
-    def __init__(self, ctx: PolicyContext, forecast: str | PeakForecast = DEFAULT_FORECAST,
+    def __init__(self, ctx: PolicyContext, forecast: str | RateForecast = DEFAULT_FORECAST,
                  forecast_kw: dict[str, Any] | None = None, **kw: Any) -> None:
         kw.setdefault("faas_tier", False)
         super().__init__(ctx, forecast=forecast, forecast_kw=forecast_kw, **kw)

@@ -74,6 +74,25 @@ def test_peak_target_on_the_twitter_week(tmp_path: Path) -> None:
     assert len(doc["mape"]) == 10 and doc["ms_per_forecast"] < 100
 
 
+def test_window_forecast_is_backtested_on_peaks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name `mark simulate --forecaster` takes is backtested too: a window forecast from
+    the per-second counts, scored against each minute's per-second peak."""
+    out = tmp_path / "window.json"
+    argv = ["--trace", str(TWITTER), "--forecaster", "auto-quantile", "--param", "q=0.5"]
+    assert run([*argv, "--horizon", "3", "--max-origins", "50", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["forecaster"] == "auto-quantile" and list(doc["mape"]) == ["1", "2", "3"]
+    assert "target peak" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--target peak only"):
+        run([*argv, "--target", "mean"])
+    with pytest.raises(ConfigError, match="per-second trace"):
+        run(["--trace", str(MARK_CSV), "--forecaster", "recent-peak"])
+    with pytest.raises(ConfigError, match="q must be"):
+        run(["--trace", str(TWITTER), "--forecaster", "recent-quantile", "--param", "q=2"])
+
+
 @pytest.mark.skipif(
     not all(importlib.util.find_spec(f"mark.cli.{m}") for m in ("up", "load", "simulate", "profile")),
     reason="the other sub-commands are not written yet",

@@ -13,14 +13,17 @@ import pytest
 
 from mark.cli import main
 from mark.core.errors import ConfigError
-from predictor import Adaptive, available_forecasters, make_forecaster
-from provisioner.forecast import (
-    DEFAULT_FORECAST,
-    IN_HOUSE_FORECASTS,
-    PredictorPeak,
-    available_peak_forecasts,
-    make_peak_forecast,
+from predictor import (
+    Adaptive,
+    PeakRateForecaster,
+    StepRateForecast,
+    available_forecasters,
+    make_forecaster,
+    make_rate_forecast,
 )
+from provisioner import DEFAULT_FORECAST
+
+WINDOW_FORECASTS = ("auto-quantile", "recent-peak", "recent-quantile", "trend-peak")
 
 
 @pytest.fixture()
@@ -34,17 +37,16 @@ def trace_file(tmp_path):
 
 
 def test_every_forecaster_is_listed_together() -> None:
-    names = available_peak_forecasts()
-    assert set(IN_HOUSE_FORECASTS) <= set(names)
-    assert set(available_forecasters()) <= set(names)
-    assert "adaptive" in names and DEFAULT_FORECAST in names
+    names = available_forecasters()
+    assert set(WINDOW_FORECASTS) <= set(names)
+    assert "adaptive" in names and "holt-winters" in names and DEFAULT_FORECAST in names
     assert len(names) == len(set(names))
 
 
 def test_unknown_forecaster_lists_every_accepted_name() -> None:
     with pytest.raises(ConfigError) as exc:
-        make_peak_forecast("nope")
-    for name in available_peak_forecasts():
+        make_rate_forecast("nope")
+    for name in available_forecasters():
         assert name in str(exc.value)
 
 
@@ -75,7 +77,7 @@ def test_cli_forecaster_errors(trace_file, capsys) -> None:
     assert main(["simulate", "--trace", str(trace_file), "--forecaster", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown forecaster 'nope'" in err
-    for name in available_peak_forecasts():
+    for name in available_forecasters():
         assert name in err
     assert main(["simulate", "--trace", str(trace_file), "--policy", "sagemaker",
                  "--forecaster", "ewma"]) == 2
@@ -139,12 +141,13 @@ def test_adaptive_in_the_provisioner_adapts_on_peaks() -> None:
     rng = np.random.default_rng(3)
     counts = rng.poisson(100, 60 * 240)
     counts[60 * 120 : 60 * 128] *= 4
-    fc = make_peak_forecast("adaptive", up=2.0)
-    assert isinstance(fc, PredictorPeak)
+    fc = make_rate_forecast("adaptive", up=2.0)
+    assert isinstance(fc, StepRateForecast)
     before = fc(counts[: 60 * 120], 10, 60.0)
     during = fc(counts[: 60 * 122], 10, 60.0)
     assert during[0] > 2 * before[0]
-    assert fc._fc.misses >= 1 and fc._fc.scale > 1.0
+    assert isinstance(fc.model, Adaptive)
+    assert fc.model.misses >= 1 and fc.model.scale > 1.0
 
 
 @pytest.mark.parametrize("kw", [{}, {"season": 1440}, {"trend": True},
@@ -166,20 +169,21 @@ def test_holt_winters_through_the_provisioner_adapter() -> None:
     360th step (the first warm refit, a quarter season in, of a not-yet-seasonal model)."""
     rng = np.random.default_rng(1)
     counts = rng.poisson(50, 60 * 450)
-    fc = make_peak_forecast("holt-winters")
-    assert isinstance(fc, PredictorPeak)
+    fc = make_rate_forecast("holt-winters")
+    assert isinstance(fc, StepRateForecast)
     for minutes in range(10, 451, 20):
         out = fc(counts[: 60 * minutes], 10, 60.0)
         assert out.shape == (10,) and np.all(np.isfinite(out)) and out[0] > 40
-    assert fc._fc.inner.season == 1440  # a daily season at the provisioning step
+    assert isinstance(fc.model, PeakRateForecaster)
+    assert fc.model.season == 1440  # a daily season at the provisioning step
 
 
 def test_mean_rate_target_plans_below_the_peak_target() -> None:
     rng = np.random.default_rng(2)
     counts = rng.poisson(20, 60 * 120)
-    peak = make_peak_forecast("ewma")
-    mean = make_peak_forecast("ewma", target="mean", use="mean")
+    peak = make_rate_forecast("ewma")
+    mean = make_rate_forecast("ewma", target="mean", use="mean")
     p, m = peak(counts, 5, 60.0), mean(counts, 5, 60.0)
     assert 17 < m[0] < 23 < p[0]  # the minute's mean rate vs the upper of its peak second
     with pytest.raises(ConfigError, match="target"):
-        make_peak_forecast("ewma", target="max")
+        make_rate_forecast("ewma", target="max")

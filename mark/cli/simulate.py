@@ -12,7 +12,8 @@ from mark.core.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    from provisioner import POLICIES
+    from predictor import available_forecasters
+    from provisioner import DEFAULT_FORECAST, POLICIES
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
@@ -23,10 +24,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace", required=True, help="trace file (text/CSV, .gz accepted)")
     p.add_argument("--policy", default="mark", help=f"one of: {', '.join(sorted(POLICIES))}")
     p.add_argument("--forecaster", default=None, metavar="NAME",
-                   help="peak forecast of the mark policy: one of the provisioner's own "
-                   "(auto-quantile, recent-peak, recent-quantile, trend-peak) or any "
-                   "registered in predictor (see `mark forecast`); default: "
-                   "the policy's own default")
+                   help="peak-rate forecast of the mark policy, any forecaster registered "
+                   f"in predictor: {', '.join(available_forecasters())} (default: "
+                   f"{DEFAULT_FORECAST})")
     p.add_argument("--forecaster-param", action="append", default=[], metavar="K=V",
                    help="keyword argument of the forecaster (repeatable; V is parsed as "
                    "JSON when it can be, e.g. season=1440, order=[1,0,1])")
@@ -72,18 +72,14 @@ def forecaster_policy_kw(policy: str, name: str | None, params: dict[str, Any]
                          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(policy_kw, the forecaster as reported) for ``--forecaster``/``--forecaster-param``.
 
-    Only a policy whose constructor takes ``forecast`` accepts a forecaster; a name is
-    checked against :func:`provisioner.forecast.available_peak_forecasts` and its
-    parameters by building it once.
+    Only a policy whose constructor takes ``forecast`` accepts a forecaster; the name (any
+    in :func:`predictor.available_forecasters`) and its parameters are checked by building
+    the forecast once with :func:`predictor.make_rate_forecast`, as the policy will.
     """
     import inspect
 
-    from provisioner import POLICIES
-    from provisioner.forecast import (
-        DEFAULT_FORECAST,
-        available_peak_forecasts,
-        make_peak_forecast,
-    )
+    from predictor import make_rate_forecast
+    from provisioner import DEFAULT_FORECAST, POLICIES
 
     takes = "forecast" in inspect.signature(POLICIES[policy]).parameters
     if name is None and not params:
@@ -94,10 +90,9 @@ def forecaster_policy_kw(policy: str, name: str | None, params: dict[str, Any]
         raise ConfigError(f"--forecaster applies to policies that take a forecast "
                           f"({', '.join(users)}), not {policy!r}")
     name = name or DEFAULT_FORECAST
-    accepted = available_peak_forecasts()
-    if name not in accepted and name != "predictor":
-        raise ConfigError(f"unknown forecaster {name!r}; accepted: {', '.join(accepted)}")
-    make_peak_forecast(name, **params)  # unknown or bad parameters fail here, not mid-run
+    # unknown names (the error lists every registered one) and bad parameters fail here,
+    # not mid-run
+    make_rate_forecast(name, **params)
     return {"forecast": name, "forecast_kw": params}, {"name": name, "params": params}
 
 
