@@ -6,12 +6,8 @@ the provisioning step through ``predictor.StepRateForecast``: one step = 60 s, d
 season = 1440 steps) and each evaluation trace, one simulation with policy ``mark``,
 on-demand, CPU types only:
 
-- ``twitter``: the first ``--days`` days of the shared Twitter week at its own rate (x1)
-  with the Inception-v3 profile (SLO 98% under 500 ms): a fleet of tens of c5.large-class
-  instances, as in ``bench/policies.py``;
-- ``low-rate``: the same days scaled by ``mark.core.workload.scenarios.low_rate`` to a peak of
-  ``--low-peak`` req/s (about one instance);
-- ``sparse``: ``mark.core.workload.scenarios.sparse_diurnal(--days, --low-peak, seed=0)``.
+``twitter``, ``low_rate`` and ``sparse`` of :mod:`scenarios` (the first ``--days`` days,
+Inception-v3, SLO 98% under 500 ms), as in ``bench/hybrid.py``; rows in its one schema.
 
 Columns: $ per million requests, cost as a ratio to the cheapest forecaster that meets the
 SLO on that trace, SLO attainment, spill share; ``MAPE@1`` of the forecaster's expected
@@ -53,10 +49,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import CPU_TYPES, TWITTER  # noqa: E402
+from scenarios import INCEPTION_SLO, Scenario, low_rate, row, sparse, twitter  # noqa: E402
 
-from mark.core.workload.scenarios import low_rate, sparse_diurnal  # noqa: E402
-from mark.core.workload.traces import Trace, load_trace  # noqa: E402
+from mark.core.workload.traces import Trace  # noqa: E402
 from predictor import (  # noqa: E402
     PeakRateForecaster,
     StepRateForecast,
@@ -64,19 +59,14 @@ from predictor import (  # noqa: E402
     backtest,
     forecaster_kind,
 )
-from provisioner import DEFAULT_FORECAST, Slo  # noqa: E402
+from provisioner import DEFAULT_FORECAST  # noqa: E402
 
-PROFILE, SLO = "inception-v3", Slo(500, 98)
+SLO = INCEPTION_SLO
 STEP_S = 60
 
 
-def traces(days: float, low_peak: float) -> dict[str, Trace]:
-    tw = load_trace(TWITTER).slice(0, int(days * 86_400))
-    return {
-        "twitter": tw,
-        "low-rate": low_rate(tw, low_peak),
-        "sparse": sparse_diurnal(days, low_peak, seed=0),
-    }
+def scenarios(days: float) -> list[Scenario]:
+    return [twitter(days), low_rate(days), sparse(days)]
 
 
 def plan_mape(counts: np.ndarray, timeline: dict[str, np.ndarray]) -> float:
@@ -122,27 +112,18 @@ def backtest_mape(trace: Trace, name: str, kw: dict[str, Any]) -> float | None:
     return float(r.mape[1])
 
 
-def one(job: tuple[str, Trace, str, str, dict[str, Any]]) -> dict[str, Any]:
-    from mark.sim.simulator import simulate
-
-    scenario, trace, label, name, kw = job
+def one(job: tuple[Scenario, str, str, dict[str, Any]]) -> dict[str, Any]:
+    sc, label, name, kw = job
     t0 = time.perf_counter()
-    r = simulate(trace, "mark", profile=PROFILE, slo=SLO, types=CPU_TYPES, seed=1,
-                 timeline=True, policy_kw={"forecast": name, "forecast_kw": kw})
+    r = sc.simulate("mark", timeline=True, policy_kw={"forecast": name, "forecast_kw": kw})
     sim_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    mape = backtest_mape(trace, name, kw)
-    pm = plan_mape(np.asarray(trace.counts), r.timeline)
-    return {
-        "scenario": scenario, "forecaster": label, "name": name, "forecast_kw": kw,
-        "requests": r.requests,
-        "cost_usd": round(r.cost_usd["total"], 6),
-        "cost_per_million_usd": round(r.cost_per_million_usd, 4),
-        "slo_attainment": round(r.slo_attainment, 6), "spill_share": round(r.spill_share, 6),
-        "mape1": None if mape is None else round(mape, 2),
-        "plan_mape1": round(pm, 2) if math.isfinite(pm) else None,
-        "sim_s": round(sim_s, 1), "backtest_s": round(time.perf_counter() - t1, 1),
-    }
+    mape = backtest_mape(Trace(sc.counts, 1, sc.name), name, kw)
+    pm = plan_mape(sc.counts, r.timeline)
+    return row(sc, "mark", "on-demand", r, None, forecaster=label, name=name, forecast_kw=kw,
+               mape1=None if mape is None else round(mape, 2),
+               plan_mape1=round(pm, 2) if math.isfinite(pm) else None,
+               sim_s=round(sim_s, 1), backtest_s=round(time.perf_counter() - t1, 1))
 
 
 def choose(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -150,9 +131,9 @@ def choose(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     for sc in {r["scenario"] for r in rows}:
         rs = [r for r in rows if r["scenario"] == sc]
         ok = [r for r in rs if r["slo_attainment"] >= target] or rs
-        best = min(r["cost_usd"] for r in ok)
+        best = min(r["cost_usd"]["total"] for r in ok)
         for r in rs:
-            r["ratio_to_best"] = round(r["cost_usd"] / best, 4) if best > 0 else 1.0
+            r["ratio_to_best"] = round(r["cost_usd"]["total"] / best, 4) if best > 0 else 1.0
             r["meets_slo"] = r["slo_attainment"] >= target
     scores = {}
     for name in sorted({r["forecaster"] for r in rows}):
@@ -169,51 +150,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path,
                     default=REPO / "bench" / "results" / "forecaster_cost.json")
     ap.add_argument("--days", type=float, default=2.0, help="days of each trace")
-    ap.add_argument("--low-peak", type=float, default=8.0,
-                    help="peak req/s of the low-rate and sparse traces")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--only", nargs="*", default=None, help="forecaster names to run")
     args = ap.parse_args(argv)
     rows_to_run = [v for v in variants(available_forecasters())
                    if not args.only or v[0] in args.only or v[1] in args.only]
-    trs = traces(args.days, args.low_peak)
+    scs = scenarios(args.days)
     # longest first, so the two workers finish together
-    jobs = sorted(((sc, tr, *v) for sc, tr in trs.items() for v in rows_to_run),
-                  key=lambda j: -int(j[1].counts.sum()))
+    jobs = sorted(((sc, *v) for sc in scs for v in rows_to_run), key=lambda j: -j[0].requests)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(one, jobs):
             rows.append(row)
-            print(f"  {row['scenario']:9s} {row['forecaster']:22s} "
+            print(f"  {row['scenario'][:30]:30s} {row['forecaster']:22s} "
                   f"${row['cost_per_million_usd']:8.3f}/M att {row['slo_attainment']:.4%} "
                   f"({row['sim_s']:.0f}+{row['backtest_s']:.0f} s)", file=sys.stderr, flush=True)
     order = {v[0]: i for i, v in enumerate(rows_to_run)}
-    sc_order = {s: i for i, s in enumerate(trs)}
+    sc_order = {sc.name: i for i, sc in enumerate(scs)}
     rows.sort(key=lambda r: (sc_order[r["scenario"]], order[r["forecaster"]]))
     summary = choose(rows, SLO.percentile / 100.0)
     doc = {
-        "policy": "mark", "profile": PROFILE, "slo": {"ms": SLO.latency_ms,
-                                                      "percentile": SLO.percentile},
-        "types": list(CPU_TYPES), "market": "on-demand", "step_s": STEP_S,
-        "traces": {sc: {"name": tr.name, "seconds": int(tr.duration_s),
-                        "requests": int(tr.counts.sum())} for sc, tr in trs.items()},
-        "scaling": f"twitter: first {args.days:g} d at x1; low-rate: the same scaled to a "
-                   f"{args.low_peak:g} req/s peak (1-min windows); sparse: sparse_diurnal("
-                   f"{args.days:g}, {args.low_peak:g}, seed=0)",
+        "policy": "mark", "profile": scs[0].profile,
+        "slo": {"ms": SLO.latency_ms, "percentile": SLO.percentile},
+        "types": list(scs[0].types or ()), "market": "on-demand", "step_s": STEP_S,
+        "scenarios": {sc.name: {"seconds": int(sc.counts.size), "requests": sc.requests}
+                      for sc in scs},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                    f"Python {platform.python_version()}",
         "wall_s": round(time.perf_counter() - t0, 1),
         "rows": rows, "summary": summary,
     }
-    head = (f"{'trace':9s} {'forecaster':22s} {'$/M':>8s} {'x best':>7s} {'SLO att':>8s} "
+    head = (f"{'scenario':30s} {'forecaster':22s} {'$/M':>8s} {'x best':>7s} {'SLO att':>8s} "
             f"{'spill':>7s} {'MAPE@1':>7s} {'plan MAPE@1':>11s}")
     print(head)
     print("-" * len(head))
     for r in rows:
         mape = "-" if r["mape1"] is None else f"{r['mape1']:.1f}"
         plan = "-" if r["plan_mape1"] is None else f"{r['plan_mape1']:.1f}"
-        print(f"{r['scenario']:9s} {r['forecaster']:22s} {r['cost_per_million_usd']:8.3f} "
+        print(f"{r['scenario'][:30]:30s} {r['forecaster']:22s} {r['cost_per_million_usd']:8.3f} "
               f"{r['ratio_to_best']:7.2f} {r['slo_attainment']:8.3%} {r['spill_share']:7.2%} "
               f"{mape:>7s} {plan:>11s}")
     print("\ngeometric-mean cost ratio to the best, forecasters meeting the SLO on every trace:")

@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import TWITTER  # noqa: E402
+from scenarios import TWITTER  # noqa: E402
 
 from mark.core.workload.traces import Trace, load_trace  # noqa: E402
 from predictor import PeakRateForecaster, backtest, make_forecaster  # noqa: E402
@@ -136,7 +136,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trace", type=Path, default=TWITTER)
+    parser.add_argument("--trace", default=TWITTER, help="trace file or shipped trace name")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "forecasters.json")
     parser.add_argument("--horizon", type=int, default=10)
     parser.add_argument("--max-origins", type=int, default=None, help="thin the origins")
