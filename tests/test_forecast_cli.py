@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -93,10 +92,6 @@ def test_window_forecast_is_backtested_on_peaks(
         run(["--trace", str(TWITTER), "--forecaster", "recent-quantile", "--param", "q=2"])
 
 
-@pytest.mark.skipif(
-    not all(importlib.util.find_spec(f"mark.cli.{m}") for m in ("up", "load", "simulate", "profile")),
-    reason="the other sub-commands are not written yet",
-)
 def test_through_the_mark_entry_point(tmp_path: Path) -> None:
     from mark.cli import main
 
