@@ -2,9 +2,10 @@
 
 Modules by job: :mod:`frontend.protocol` (v2 parsing and validation), :mod:`frontend.routing`
 (weighted round robin counting requests), :mod:`frontend.upstream` (the keep-alive pool to
-instances), :mod:`frontend.fleet` (ready instances per model), :mod:`frontend.timing`
-(per-request records), :mod:`frontend.app` (the Sanic app and its route table) and
-:mod:`frontend.worker` (extra worker processes).
+instances), :mod:`frontend.fleet` (ready instances per model), :mod:`frontend.stats` (Triton's
+statistics summed over instances), :mod:`frontend.timing` (per-request records),
+:mod:`frontend.app` (the Sanic app and its route table) and :mod:`frontend.worker` (extra worker
+processes).
 """
 
 from frontend.app import FrontEnd, create_app

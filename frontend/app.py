@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -14,13 +15,14 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
 from frontend.fleet import Fleet
-from frontend.protocol import ModelMetadata, parse_infer
+from frontend.protocol import ModelMetadata, decode_body, parse_infer
+from frontend.stats import sum_model_stats
 from frontend.timing import RequestTiming, TimingLog
-from frontend.upstream import Upstream, UpstreamConnectionError
+from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamReply
 from mark.core import __version__
 from mark.core.config import MarkConfig
-from mark.core.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError
-from mark.core.instances import InstanceState
+from mark.core.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from mark.core.instances import Instance, InstanceState
 
 log = logging.getLogger(__name__)
 _app_ids = itertools.count(1)
@@ -52,7 +54,12 @@ class ProxyResponse(HTTPResponse):
 
 
 class FrontEnd:
-    """Handlers over a fleet; the Sanic wiring is in :func:`create_app`."""
+    """Handlers over a fleet; the Sanic wiring is in :func:`create_app`.
+
+    An inference request has a deadline: its arrival plus its model's SLO latency times
+    ``frontend.attempt_timeout_slo_factor``, clamped to the configured floor and ceiling.
+    Each attempt (the one retry included) gets what is left of it; past it, 504.
+    """
 
     def __init__(self, cfg: MarkConfig, fleet: Fleet, upstream: Upstream,
                  timings: TimingLog | None = None) -> None:
@@ -61,7 +68,13 @@ class FrontEnd:
         self.upstream = upstream
         self.timings = timings or TimingLog(cfg.frontend.timing_log_size)
         self.models = {m.name: m for m in cfg.models}
+        self.budget_s = {m.name: cfg.frontend.request_budget_s(m.slo_latency_ms) for m in cfg.models}
         self._where_cache: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
+        fleet.on_leave.append(self._instance_left)
+
+    def _instance_left(self, inst: Instance) -> None:
+        self.upstream.drop(inst.url)
+        self._where_cache.pop(inst.id, None)
 
     # -- helpers -------------------------------------------------------------------------
     def _where(self, instance_id: str) -> tuple[tuple[bytes, bytes], ...]:
@@ -112,7 +125,7 @@ class FrontEnd:
 
     async def server_metadata(self, request: Request) -> HTTPResponse:
         return response.json({"name": "mark", "version": __version__,
-                              "extensions": ["binary_tensor_data"]})
+                              "extensions": ["binary_tensor_data", "statistics"]})
 
     async def model_metadata(self, request: Request, model: str, version: str = "") -> HTTPResponse:
         return response.json((await self.metadata(model)).raw)
@@ -134,13 +147,52 @@ class FrontEnd:
                                 content_type=reply.headers.get("content-type", "application/json"))
         raise self._unavailable(model)
 
+    async def model_stats(self, request: Request, model: str = "", version: str = "") -> HTTPResponse:
+        """Triton's statistics extension, summed over the ready instances (of ``model``)."""
+        if model:
+            self._known(model)
+            instances = self.fleet.ready(model)
+            if not instances:
+                raise self._unavailable(model)
+        else:
+            instances = list({i.id: i for m in self.models for i in self.fleet.ready(m)}.values())
+        path = request.path
+
+        async def one(inst: Instance) -> UpstreamReply | UpstreamError:
+            try:
+                return await self.upstream.request("GET", inst.url + path)
+            except UpstreamError as exc:
+                log.warning("statistics from %s failed: %s", inst.id, exc)
+                return exc
+
+        replies = await asyncio.gather(*(one(i) for i in instances))
+        docs = []
+        for reply in replies:
+            if isinstance(reply, UpstreamError):
+                continue
+            if reply.status != 200:  # e.g. an unknown version: the instance's own answer
+                return response.raw(reply.body, status=reply.status, content_type=reply.headers.get(
+                    "content-type", "application/json"))
+            docs.append(orjson.loads(reply.body))
+        if instances and not docs:
+            raise UpstreamError(
+                f"statistics: no instance answered ({'; '.join(str(r) for r in replies)})"
+            )
+        return response.raw(orjson.dumps(sum_model_stats(docs)), content_type="application/json")
+
     async def infer(self, request: Request, model: str, version: str = "") -> HTTPResponse:
         arrival = time.perf_counter()
         meta = await self.metadata(model)
+        budget_s = self.budget_s[model]
+        deadline = arrival + budget_s
         body = request.body
         hdrs = request.headers
-        info = parse_infer(body, hdrs.get("inference-header-content-length"), meta,
-                           hdrs.get("content-encoding"))
+        encoding = hdrs.get("content-encoding")
+        # a compressed body is validated decoded (bounded), then forwarded as sent
+        decoded = body if encoding is None else await decode_body(
+            body, encoding, self.cfg.frontend.max_body_bytes)
+        info = parse_infer(decoded, hdrs.get("inference-header-content-length"), meta)
+        del decoded
         fwd = {k: v for k in _FWD_REQ if (v := hdrs.get(k)) is not None}
         path = f"/v2/models/{model}/versions/{version}/infer" if version else request.path
         tried: list[str] = []
@@ -152,8 +204,15 @@ class FrontEnd:
                     raise self._unavailable(model)
                 break
             sent = time.perf_counter()
+            left_s = deadline - sent
+            if left_s <= 0:
+                raise UpstreamTimeout(
+                    f"model {model!r}: no reply within the request's deadline ({budget_s:g} s "
+                    f"after arrival); instance(s) tried: {tried}"
+                )
             try:
-                reply = await self.upstream.request("POST", inst.url + path, body, fwd)
+                reply = await self.upstream.request("POST", inst.url + path, body, fwd,
+                                                    timeout_s=left_s)
             except UpstreamConnectionError as exc:
                 log.warning("infer %s on %s failed (%s); retrying elsewhere", model, inst.id, exc)
                 self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, str(exc))
@@ -173,7 +232,7 @@ class FrontEnd:
         )
 
 
-def error_response(exc: Exception) -> HTTPResponse:
+def error_response(exc: Exception, max_body_bytes: int | None = None) -> HTTPResponse:
     if isinstance(exc, MarkError):
         return response.json({"error": exc.message}, status=exc.status, headers=exc.headers())
     if isinstance(exc, SanicException):
@@ -181,6 +240,8 @@ def error_response(exc: Exception) -> HTTPResponse:
         msg = str(exc) or type(exc).__name__
         if status == 413:
             msg = f"request body too large: {msg}"
+            if max_body_bytes is not None:
+                msg += f" (frontend.max_body_bytes = {max_body_bytes} bytes)"
         return response.json({"error": msg}, status=status, headers=getattr(exc, "headers", None))
     log.exception("unhandled error", exc_info=exc)
     return response.json({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
@@ -212,6 +273,9 @@ def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
         ("/v2/models/<model:str>/versions/<version:str>/config", front.model_config, "GET"),
         ("/v2/models/<model:str>/infer", front.infer, "POST"),
         ("/v2/models/<model:str>/versions/<version:str>/infer", front.infer, "POST"),
+        ("/v2/models/stats", front.model_stats, "GET"),
+        ("/v2/models/<model:str>/stats", front.model_stats, "GET"),
+        ("/v2/models/<model:str>/versions/<version:str>/stats", front.model_stats, "GET"),
     ]
     for uri, handler, method in routes:
         app.add_route(handler, uri, methods=[method], name=f"{method}_{uri}".replace("/", "_")
@@ -219,6 +283,6 @@ def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
 
     @app.exception(Exception)
     async def _on_error(request: Request, exc: Exception) -> HTTPResponse:
-        return error_response(exc)
+        return error_response(exc, front.cfg.frontend.max_body_bytes)
 
     return app

@@ -15,6 +15,7 @@ import asyncio
 import math
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ class InferInfo:
 
 
 # output produced between two yields to the event loop while decompressing a request body
-DECODE_CHUNK_BYTES = 256 * 1024
+DECODE_CHUNK_BYTES = 64 * 1024
 
 
 async def decode_body(
@@ -74,43 +75,58 @@ async def decode_body(
 ) -> bytes | bytearray:
     """The body decoded from its ``Content-Encoding``, at most ``limit_bytes`` of it.
 
-    A compressed body may expand a thousandfold, so the output is bounded as it is produced:
-    inflate runs ``chunk_bytes`` of output at a time (``decompressobj`` with ``max_length``),
-    yields to the event loop between chunks so other requests keep being served, and stops
-    with 413 as soon as the output passes ``limit_bytes``; no more than the limit plus one
-    chunk is ever held. Raises ``BadRequest`` for an unknown encoding or corrupt data.
+    A compressed body may expand a thousandfold, so inflating is bounded as it runs:
+    ``chunk_bytes`` of output at a time (``decompressobj`` with ``max_length``), yielding to
+    the event loop between chunks so other requests keep being served. A first pass only
+    measures the output, holding one chunk at a time, and stops with 413 as soon as it passes
+    ``limit_bytes``; only a body found within the limit is inflated again and kept. So a bomb
+    costs one chunk of memory and ``limit_bytes`` of inflating, and a good body twice its
+    (small) inflating time. Raises ``BadRequest`` for an unknown encoding or corrupt data.
     """
     enc = (encoding or "").strip().lower()
     if not enc or enc == "identity":
         return body
     if enc == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        wbits = 16 + zlib.MAX_WBITS
     elif enc == "deflate":
-        inflater = zlib.decompressobj(zlib.MAX_WBITS)
+        wbits = zlib.MAX_WBITS
     else:
         raise BadRequest(
             f"Content-Encoding {encoding!r} not accepted; accepted: gzip, deflate, identity"
         )
+    size = 0
+    async for piece in _inflate(body, enc, wbits, limit_bytes, chunk_bytes):
+        size += len(piece)
     out = bytearray()  # grows in place (realloc), so no second copy at the end
-    data = body
+    async for piece in _inflate(body, enc, wbits, size, chunk_bytes):
+        out += piece
+    return out
+
+
+async def _inflate(
+    body: bytes, enc: str, wbits: int, limit_bytes: int, chunk_bytes: int,
+) -> AsyncIterator[bytes]:
+    """Pieces of at most ``chunk_bytes`` of ``body`` inflated; 413 past ``limit_bytes``."""
+    inflater = zlib.decompressobj(wbits)
+    data, produced = body, 0
     while True:
         try:
-            piece = inflater.decompress(data, min(chunk_bytes, limit_bytes - len(out) + 1))
+            piece = inflater.decompress(data, min(chunk_bytes, limit_bytes - produced + 1))
         except zlib.error as exc:
             raise BadRequest(f"body is not valid {enc} data: {exc}") from exc
-        out += piece
-        if len(out) > limit_bytes:
+        produced += len(piece)
+        if produced > limit_bytes:
             raise PayloadTooLarge(
                 f"request body too large: the {enc} body decompresses to more than "
                 f"frontend.max_body_bytes = {limit_bytes} bytes"
             )
+        yield piece
         data = inflater.unconsumed_tail
         if inflater.eof or (not data and not piece):
             break
         await asyncio.sleep(0)  # let other requests run between chunks
     if not inflater.eof:
         raise BadRequest(f"body is not valid {enc} data: incomplete or truncated stream")
-    return out
 
 
 def _count_json(data: Any, datatype: str, where: str) -> int:

@@ -28,6 +28,3 @@ class TimingLog:
     def add(self, rec: RequestTiming) -> None:
         self.records.append(rec)
         self.count[rec.model] = self.count.get(rec.model, 0) + 1
-
-    def for_model(self, model: str) -> list[RequestTiming]:
-        return [r for r in self.records if r.model == model]

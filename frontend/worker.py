@@ -7,7 +7,8 @@ through a snapshot file it rewrites atomically on every change (``runtime_dir/fl
 that file is the seam a shared state store replaces later. A worker marks an instance that
 fails a request unhealthy for itself at once, as the control plane does.
 
-Run as ``python -m frontend.worker --config-json J --fleet F --fd N``; it dies with its parent.
+Run as ``python -m frontend.worker --config-json J --fleet F --fd N``; the control plane starts
+it so that it dies with its parent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import logging
 import os
 import socket
 from pathlib import Path
+
+import uvloop
 
 from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
@@ -86,8 +89,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{os.getpid()}: %(message)s")
     cfg = MarkConfig.model_validate_json(args.config_json)
-    import uvloop
-
     uvloop.run(serve(cfg, Path(args.fleet), args.fd))
 
 

@@ -21,7 +21,7 @@ from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
 from mark.backends.base import LaunchSpec
-from mark.backends.local import LocalBackend, die_with_parent, free_port
+from mark.backends.local import LocalBackend, free_port, release_port, with_pdeathsig
 from mark.core.config import MarkConfig
 from mark.core.instances import Instance, InstanceState
 
@@ -34,7 +34,8 @@ class LocalCluster:
         self.cfg = cfg
         self.fleet = Fleet([m.name for m in cfg.models])
         self.upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
-                                 cfg.frontend.upstream_timeout_s)
+                                 cfg.frontend.upstream_timeout_s,
+                                 cfg.frontend.max_connections_per_instance)
         self.front = FrontEnd(cfg, self.fleet, self.upstream)
         self.backend: LocalBackend | None = None
         self.port = cfg.frontend.port or free_port(cfg.frontend.host)
@@ -56,7 +57,6 @@ class LocalCluster:
 
     async def start(self) -> None:
         self.backend = LocalBackend(self.cfg.runtime_dir, self.cfg.models, on_exit=self._on_exit)
-        await self.upstream.start()
         app = create_app(self.front)
         sock = self._listen()
         self._server = await app.create_server(sock=sock, return_asyncio_server=True)
@@ -95,14 +95,15 @@ class LocalCluster:
         cfg_json = self.cfg.model_dump_json()
         for _ in range(self.workers - 1):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "frontend.worker", "--config-json", cfg_json,
-                "--fleet", str(self.fleet_path), "--fd", str(sock.fileno()),
-                pass_fds=(sock.fileno(),), preexec_fn=die_with_parent,
+                *with_pdeathsig([sys.executable, "-m", "frontend.worker", "--config-json", cfg_json,
+                                 "--fleet", str(self.fleet_path), "--fd", str(sock.fileno())]),
+                pass_fds=(sock.fileno(),), start_new_session=True,
                 stdin=asyncio.subprocess.DEVNULL,
             )
             self._worker_procs.append(proc)
 
     async def _write_snapshots(self) -> None:
+        """Rewrite the snapshot after changes; each write carries the next sequence number."""
         while True:
             await self._fleet_changed.wait()
             self._fleet_changed.clear()
@@ -118,16 +119,16 @@ class LocalCluster:
         self.fleet.upsert(inst)
         return inst
 
-    async def remove_instance(self, instance_id: str) -> None:
-        self.fleet.remove(instance_id, "terminated by the control plane")
-        if self.backend is not None:
-            await self.backend.terminate(instance_id)
-
     async def _health_loop(self) -> None:
         """Take unhealthy instances out of routing; bring recovered ones back."""
         interval = self.cfg.fleet.health_interval_s
         probe = Upstream(pool_size=4, connect_timeout_s=self.cfg.frontend.connect_timeout_s,
                          timeout_s=max(1.0, interval))
+
+        def forget(inst: Instance) -> None:  # no pool outlives its instance's place in the fleet
+            probe.drop(inst.url)
+
+        self.fleet.on_leave.append(forget)
         try:
             while True:
                 await asyncio.sleep(interval)
@@ -141,6 +142,7 @@ class LocalCluster:
                     elif not ok and inst.state == InstanceState.READY:
                         self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, "health check failed")
         finally:
+            self.fleet.on_leave.remove(forget)
             await probe.close()
 
     async def stop(self) -> None:
@@ -163,6 +165,8 @@ class LocalCluster:
         await self.upstream.close()
         if self.backend is not None:
             await self.backend.close()
+        if not self.cfg.frontend.port:
+            release_port(self.port)
         self._stopped.set()
 
     async def serve_forever(self) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamProtocolError
+from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamProtocolError, _Conn
+from mark.backends.local import free_port
 from mark.core.errors import UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -132,8 +136,6 @@ async def test_malformed_reply_is_a_protocol_error(server) -> None:  # type: ign
 
 
 async def test_refused_connection_is_a_connection_error() -> None:
-    from mark.backends.local import free_port
-
     up = Upstream()
     with pytest.raises(UpstreamConnectionError, match="cannot connect"):
         await up.request("GET", f"http://127.0.0.1:{free_port()}/x")
@@ -156,4 +158,149 @@ async def test_stale_idle_connection_is_retried_fresh(server) -> None:  # type: 
     await asyncio.sleep(0.05)
     assert (await up.request("GET", url + "/b")).status == 200
     assert conns == 2
+    await up.close()
+
+
+async def test_connections_per_instance_are_capped(server) -> None:  # type: ignore[no-untyped-def]
+    open_now = peak = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            while True:
+                try:
+                    await read_request(r)
+                except asyncio.IncompleteReadError:
+                    return
+                await asyncio.sleep(0.02)
+                w.write(ok(b"{}"))
+                await w.drain()
+        finally:
+            open_now -= 1
+
+    url = await server(handler)
+    up = Upstream(max_connections=3)
+    replies = await asyncio.gather(*(up.request("GET", f"{url}/{i}") for i in range(12)))
+    assert [r.status for r in replies] == [200] * 12
+    assert peak == 3, f"{peak} connections were open at once; the cap is 3"
+    assert up._pools[url].open <= 3
+    await up.close()
+
+
+async def test_requests_beyond_the_cap_wait_in_arrival_order(server) -> None:  # type: ignore[no-untyped-def]
+    order: list[str] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                req = await read_request(r)
+            except asyncio.IncompleteReadError:
+                return
+            order.append(req.split(b" ")[1].decode())
+            await asyncio.sleep(0.005)
+            w.write(ok(b"{}"))
+            await w.drain()
+
+    url = await server(handler)
+    up = Upstream(max_connections=1)
+    await asyncio.gather(*(up.request("GET", f"{url}/{i}") for i in range(8)))
+    assert order == [f"/{i}" for i in range(8)]
+    await up.close()
+
+
+async def test_waiting_past_the_deadline_for_a_connection_is_504(server) -> None:  # type: ignore[no-untyped-def]
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(r)
+            except asyncio.IncompleteReadError:
+                return
+            await asyncio.sleep(0.6)
+            w.write(ok(b"{}"))
+            await w.drain()
+
+    url = await server(handler)
+    up = Upstream(max_connections=1)
+    busy = asyncio.create_task(up.request("GET", f"{url}/slow"))
+    await asyncio.sleep(0.05)
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamTimeout, match="no free connection") as exc:
+        await up.request("GET", f"{url}/late", timeout_s=0.15)
+    assert exc.value.status == 504
+    assert asyncio.get_running_loop().time() - t0 < 0.5
+    assert (await busy).status == 200
+    # the waiter that gave up holds no slot: the connection is reused
+    assert (await up.request("GET", f"{url}/again")).status == 200
+    assert up._pools[url].open == 1
+    await up.close()
+
+
+async def test_drop_fails_waiters_and_closes_the_pool(server) -> None:  # type: ignore[no-untyped-def]
+    closed = asyncio.Event()
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(r)
+            except asyncio.IncompleteReadError:
+                closed.set()  # the front end closed the connection
+                return
+            await asyncio.sleep(0.3)
+            w.write(ok(b"{}"))
+            await w.drain()
+
+    url = await server(handler)
+    up = Upstream(max_connections=1)
+    busy = asyncio.create_task(up.request("GET", f"{url}/busy"))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(up.request("GET", f"{url}/waiting"))
+    await asyncio.sleep(0.05)
+    up.drop(url)
+    with pytest.raises(UpstreamConnectionError, match="left the fleet"):
+        await waiting
+    assert (await busy).status == 200  # a request already sent still gets its reply
+    assert url not in up._pools
+    await asyncio.wait_for(closed.wait(), 2)  # ... and its connection is closed, not pooled
+    await up.close()
+
+
+async def test_close_delimited_body_cut_by_a_reset_is_an_error(server) -> None:  # type: ignore[no-untyped-def]
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nonly the start of it")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+        w.transport.abort()  # linger 0: a reset, not a clean end of the body
+
+    up = Upstream()
+    with pytest.raises(UpstreamConnectionError, match="connection closed"):
+        await up.request("GET", await server(handler) + "/x")
+    await up.close()
+
+
+def _armed_timeouts() -> list[asyncio.TimerHandle]:
+    loop = asyncio.get_running_loop()
+    return [h for h in loop._scheduled  # type: ignore[attr-defined]
+            if not h.cancelled() and getattr(h._callback, "__func__", None) is _Conn._on_timeout]
+
+
+async def test_cancelled_request_leaves_no_timer_armed(server) -> None:  # type: ignore[no-untyped-def]
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        await asyncio.sleep(5)
+
+    url = await server(handler)
+    up = Upstream(timeout_s=30)
+    task = asyncio.create_task(up.request("POST", f"{url}/x", b"{}"))
+    await asyncio.sleep(0.1)
+    assert len(_armed_timeouts()) == 1  # the check below can see a live timer
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert _armed_timeouts() == []
+    assert up._pools[url].open == 0
     await up.close()

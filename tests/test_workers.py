@@ -57,6 +57,43 @@ async def test_worker_follows_snapshot_file(tmp_path: Path) -> None:
     task.cancel()
 
 
+async def test_two_rewrites_within_one_mtime_tick_are_both_seen(tmp_path: Path) -> None:
+    control, worker = Fleet(["m"]), Fleet(["m"])
+    path = tmp_path / "fleet.json"
+    control.upsert(_inst("a"))
+    assert control.write_snapshot(path) == 1
+    first = os.stat(path)
+    task = asyncio.create_task(follow(worker, path, period_s=0.01))
+    try:
+        await asyncio.sleep(0.05)
+        assert [i.id for i in worker.ready("m")] == ["a"]
+        control.remove("a")
+        control.upsert(_inst("b"))
+        assert control.write_snapshot(path) == 2
+        # same size, and the same mtime as if both writes fell in one timestamp tick
+        os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
+        assert os.stat(path).st_mtime_ns == first.st_mtime_ns
+        await asyncio.sleep(0.05)
+        assert [i.id for i in worker.ready("m")] == ["b"]
+        assert worker.snapshot_seq == 2
+    finally:
+        task.cancel()
+
+
+def test_leaving_instances_are_reported_once(tmp_path: Path) -> None:
+    control, worker = Fleet(["m"]), Fleet(["m"])
+    left: list[str] = []
+    worker.on_leave.append(lambda inst: left.append(inst.id))
+    control.upsert(_inst("a"))
+    control.upsert(_inst("b"))
+    worker.apply_snapshot(control.snapshot(1))
+    control.remove("a")
+    worker.apply_snapshot(control.snapshot(2))
+    worker.remove("b")
+    worker.remove("b")
+    assert left == ["a", "b"]
+
+
 def _cpu_ticks(pid: int) -> int:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(f[11]) + int(f[12])

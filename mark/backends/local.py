@@ -4,19 +4,33 @@ Processes are started in their own session (so a terminal's Ctrl-C reaches only 
 which then stops them in order) with ``PR_SET_PDEATHSIG`` = SIGKILL, so that no instance
 outlives a parent that crashed or was killed. Terminating signals the whole process group
 (tritonserver and its Python-backend stubs), waits, then kills, and always reaps.
+
+How children get both without a ``preexec_fn`` (which runs Python between fork and exec in
+the child of a threaded parent, where the docs warn it can deadlock): the new session comes
+from ``start_new_session=True`` (``setsid`` in C, in the child), and the death signal from
+exec'ing the command through a tiny wrapper (:func:`with_pdeathsig`): a fresh, isolated
+interpreter that calls ``prctl(PR_SET_PDEATHSIG)`` and execs the command in place, keeping
+its pid, session and file descriptors. The signal setting survives exec. The wrapper costs
+one interpreter start (~20 ms) per launch.
+
+Ports: :func:`free_port` never hands the same port out twice in one process (until
+:func:`release_port`), so concurrent launches cannot collide with each other; and an
+instance whose Triton exits while starting because something else took its port meanwhile
+is relaunched on another port (at most ``_PORT_RETRIES`` times).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,21 +46,57 @@ from mark.triton_dist import prepare_triton
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # model.py imports our packages from here
+_PORT_RETRIES = 3  # relaunches of an instance whose port was taken before Triton bound it
+
+# argv: signal number, the pid of the parent that must still be alive, the command.
+# PR_SET_PDEATHSIG = 1. The pid check closes the race where the parent died before prctl.
+_PDEATHSIG_WRAPPER = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, int(sys.argv[1]), 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[2]):
+    os._exit(1)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` of children: own session, SIGKILL when the parent dies."""
-    os.setsid()
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def with_pdeathsig(argv: Sequence[str], sig: int = signal.SIGKILL) -> list[str]:
+    """``argv`` wrapped so the command gets ``sig`` when the process that starts it dies.
+
+    Run the result with ``start_new_session=True`` for the own session. "Dies" is the
+    kernel's notion: the thread that forked the child exits.
+    """
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_WRAPPER, str(int(sig)),
+            str(os.getpid()), *argv]
+
+
+_reserved_ports: set[int] = set()
+_ports_lock = threading.Lock()  # launches run on several event loops' threads in tests
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before by this process (see :func:`release_port`).
+
+    The caller binds it later, so another process may still take it in between; launches
+    check for that (see ``LocalBackend``).
+    """
+    with _ports_lock:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+            if port not in _reserved_ports:
+                _reserved_ports.add(port)
+                return port
+    raise OSError(f"no free port on {host} that this process has not handed out already")
+
+
+def release_port(port: int) -> None:
+    """Let :func:`free_port` hand ``port`` out again (its user no longer binds it)."""
+    with _ports_lock:
+        _reserved_ports.discard(port)
 
 
 def _open_log(path: Path) -> BinaryIO:
@@ -95,9 +145,27 @@ class LocalBackend:
 
     async def launch(self, spec: LaunchSpec) -> Instance:
         iid = f"local-{os.getpid()}-{next(self._ids)}"
-        port = free_port(self.host)
         log_path = self.runtime_dir / "logs" / f"{iid}.log"
-        logf = await asyncio.to_thread(_open_log, log_path)
+        inst = Instance(
+            id=iid,
+            url="",
+            instance_type=spec.instance_type,
+            market=spec.market if isinstance(spec.market, Market) else Market(spec.market),
+            state=InstanceState.PENDING,
+            launched_at_s=self.clock.now(),
+            models=spec.models or tuple(m.name for m in self.models),
+            extra={"log": str(log_path)},
+        )
+        self._instances[iid] = inst
+        proc = await self._start(inst)
+        self._watchers[iid] = asyncio.create_task(self._watch(inst))
+        log.info("launched %s pid=%d at %s (log %s)", iid, proc.pid, inst.url, log_path)
+        return inst
+
+    async def _start(self, inst: Instance) -> asyncio.subprocess.Process:
+        """Start (or restart) ``inst``'s Triton on a fresh port; sets its url and pid."""
+        port = free_port(self.host)
+        logf = await asyncio.to_thread(_open_log, Path(inst.extra["log"]))
         args = [
             str(self._dist.binary),
             f"--model-repository={self._repo}",
@@ -112,34 +180,52 @@ class LocalBackend:
             # keep-alive connections from the front end would hold a graceful exit for 30 s
             "--exit-timeout-secs=2",
         ]
-        repo_root = str(_REPO_ROOT)
         with logf:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self._dist.env(pythonpath=[repo_root]),
-                preexec_fn=die_with_parent,
-            )
-        inst = Instance(
-            id=iid,
-            url=f"http://{self.host}:{port}",
-            instance_type=spec.instance_type,
-            market=spec.market if isinstance(spec.market, Market) else Market(spec.market),
-            state=InstanceState.PENDING,
-            launched_at_s=self.clock.now(),
-            models=spec.models or tuple(m.name for m in self.models),
-            extra={"pid": proc.pid, "log": str(log_path)},
-        )
-        self._instances[iid] = inst
-        self._procs[iid] = proc
-        self._watchers[iid] = asyncio.create_task(self._watch(inst, proc))
-        log.info("launched %s pid=%d at %s (log %s)", iid, proc.pid, inst.url, log_path)
-        return inst
+            inst.extra["log_offset"] = logf.tell()  # where this start's output begins
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *with_pdeathsig(args),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self._dist.env(pythonpath=[str(_REPO_ROOT)]),
+                    start_new_session=True,
+                )
+            except BaseException:
+                release_port(port)
+                raise
+        inst.url = f"http://{self.host}:{port}"
+        inst.extra.update(pid=proc.pid, port=port)
+        self._procs[inst.id] = proc
+        return proc
 
-    async def _watch(self, inst: Instance, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+    def _port_was_taken(self, inst: Instance) -> bool:
+        """Whether the last start of ``inst`` failed because its port was in use."""
+        try:
+            with open(inst.extra["log"], "rb") as f:
+                f.seek(inst.extra.get("log_offset", 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        return "already in use" in text
+
+    async def _watch(self, inst: Instance) -> None:
+        relaunches = 0
+        while True:
+            proc = self._procs[inst.id]
+            code = await proc.wait()
+            release_port(inst.extra["port"])
+            if (inst.state == InstanceState.PENDING and relaunches < _PORT_RETRIES
+                    and await asyncio.to_thread(self._port_was_taken, inst)):
+                relaunches += 1
+                log.warning("instance %s: port %d was taken before Triton bound it; relaunching "
+                            "on another port", inst.id, inst.extra["port"])
+                new = await self._start(inst)
+                if inst.state == InstanceState.TERMINATED:  # terminated while we relaunched
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(new.pid, signal.SIGKILL)
+                continue
+            break
         was = inst.state
         inst.state = InstanceState.TERMINATED
         if was != InstanceState.TERMINATED:
