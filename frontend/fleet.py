@@ -42,7 +42,7 @@ class Fleet:
             router.set_weights({
                 i.id: i.capacity_rps
                 for i in self.instances.values()
-                if i.state == InstanceState.READY and model in i.models
+                if i.serving and model in i.models
             })
         if self.on_change is not None:
             self.on_change(self)

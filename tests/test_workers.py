@@ -126,3 +126,14 @@ def test_second_worker_serves_on_the_same_port(two_workers: ClusterThread) -> No
     assert set(asyncio.run(many())) == {200}
     assert _cpu_ticks(proc.pid) - before >= 5, "the worker process served nothing"
     assert proc.returncode is None and proc.pid != os.getpid()
+
+
+def test_routing_follows_the_instance_states() -> None:
+    """Ready and noticed (spot reclaim pending) instances serve, as in the simulator; the
+    others get no request."""
+    fleet = Fleet(["m"])
+    for state in InstanceState:
+        fleet.upsert(_inst(state.value, state))
+    assert sorted(i.id for i in fleet.ready("m")) == ["notice", "ready"]
+    picks = {fleet.pick("m", 1, []).id for _ in range(20)}  # type: ignore[union-attr]
+    assert picks == {"notice", "ready"}
