@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from frontend.app import FrontEnd, create_app
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
-from mark.backends.base import LaunchSpec
-from mark.backends.local import LocalBackend, free_port, release_port, with_pdeathsig
+from mark.backends import Backend, LaunchSpec, make_backend
+from mark.backends.local import free_port, release_port, with_pdeathsig
 from mark.core.config import MarkConfig
 from mark.core.instances import Instance, InstanceState
 
@@ -37,7 +37,7 @@ class LocalCluster:
                                  cfg.frontend.upstream_timeout_s,
                                  cfg.frontend.max_connections_per_instance)
         self.front = FrontEnd(cfg, self.fleet, self.upstream)
-        self.backend: LocalBackend | None = None
+        self.backend: Backend | None = None
         self.port = cfg.frontend.port or free_port(cfg.frontend.host)
         self._server: Any = None
         self._health_task: asyncio.Task[None] | None = None
@@ -56,7 +56,7 @@ class LocalCluster:
         self.fleet.remove(inst.id, f"process exited with code {code}")
 
     async def start(self) -> None:
-        self.backend = LocalBackend(self.cfg.runtime_dir, self.cfg.models, on_exit=self._on_exit)
+        self.backend = make_backend(self.cfg.fleet.backend, self.cfg, self._on_exit)
         app = create_app(self.front)
         sock = self._listen()
         self._server = await app.create_server(sock=sock, return_asyncio_server=True)

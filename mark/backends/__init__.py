@@ -1,0 +1,26 @@
+"""Backends: where instances come from (see :mod:`mark.backends.base` for the contract).
+
+Importing the package registers the built-in backends (``local``, ``fake``).
+"""
+
+from mark.backends.base import (
+    BACKENDS,
+    Backend,
+    ExitCallback,
+    LaunchSpec,
+    make_backend,
+    register_backend,
+)
+from mark.backends.fake import FakeBackend
+from mark.backends.local import LocalBackend
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "ExitCallback",
+    "FakeBackend",
+    "LaunchSpec",
+    "LocalBackend",
+    "make_backend",
+    "register_backend",
+]

@@ -30,15 +30,15 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
 
-from mark.backends.base import LaunchSpec, register_backend
+from mark.backends.base import ExitCallback, LaunchSpec, register_backend
 from mark.core.clock import Clock, WallClock
-from mark.core.config import ModelConfig
+from mark.core.config import MarkConfig, ModelConfig
 from mark.core.errors import ServiceUnavailable
 from mark.core.instances import Instance, InstanceState, Market
 from mark.models.repository import write_model_repository
@@ -102,9 +102,6 @@ def release_port(port: int) -> None:
 def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("ab")
-
-
-ExitCallback = Callable[[Instance, int], None]
 
 
 class LocalBackend:
@@ -295,4 +292,6 @@ class LocalBackend:
             await self._session.close()
 
 
-register_backend("local")(LocalBackend)
+@register_backend("local")
+def _local(cfg: MarkConfig, on_exit: ExitCallback | None) -> LocalBackend:
+    return LocalBackend(cfg.runtime_dir, cfg.models, on_exit=on_exit)

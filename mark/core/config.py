@@ -54,6 +54,8 @@ class ModelConfig(_Strict):
 
 
 class FleetConfig(_Strict):
+    backend: str = Field("local", description="where instances come from: a registered backend "
+                         "(local = tritonserver processes on loopback, fake = in memory)")
     instances: int = Field(2, ge=0, le=64, description="local Triton instances started by `mark up`")
     instance_type: str = Field("local", description="catalogue type name recorded for instances")
     weights: list[float] | None = Field(
