@@ -208,6 +208,7 @@ class MArkGreedy:
         cover_window_s: int = 6 * 3600,
         first_life_s: float | None = None,
         faas_limits: bool = True,
+        noise_band_sigmas: float = 3.0,
     ) -> None:
         self.ctx = ctx
         self.faas_tier = faas_tier and faas_aware and spill
@@ -222,6 +223,7 @@ class MArkGreedy:
         # new capacity arrives a launch delay (the slowest type's) after a decision
         self.headroom_lag_s = delay + interval_s
         self.faas_limits = faas_limits
+        self.noise_band_sigmas = noise_band_sigmas
         self.interval_s = interval_s
         self.horizon_steps = max(1, math.ceil(horizon_s / interval_s))
         self.hold_s = hold_s
@@ -347,6 +349,8 @@ class MArkGreedy:
         for c in chosen:
             if c.existing:
                 needed[c.key] = snap.now_s
+        for key in self._noise_band(snap, chosen, rate):
+            needed[key] = snap.now_s
         launch = tuple(LaunchOrder(c.instance_type, c.market) for c in chosen if not c.existing)
         terminate = []
         live = {i.id for i in snap.fleet}
@@ -369,6 +373,26 @@ class MArkGreedy:
                   **(cover.info() if self.faas_tier else {}), **headroom},
         )
         return decision, GreedyState(needed, True, faas)
+
+    def _noise_band(self, snap: Snapshot, chosen: list[Candidate], rate: float) -> list[str]:
+        """Running instances the plan left out but that stay counted as needed: up to
+        ``noise_band_sigmas`` standard deviations of the 5-second Poisson rate, so a plan
+        that dips with noise does not end instances the next one launches again (scale-in
+        hysteresis); the cheapest per request are kept."""
+        band = self.noise_band_sigmas * math.sqrt(max(rate, 0.0) * 5.0) / 5.0
+        if band <= 0:
+            return []
+        taken = {c.key for c in chosen if c.existing}
+        spare = sorted((c for c in self._candidates(snap.fleet, snap.now_s)
+                        if c.existing and c.key not in taken and c.ready_step == 0),
+                       key=lambda c: c.price_usd_per_h / c.capacity_rps)
+        kept, cap = [], 0.0
+        for c in spare:
+            if cap >= band:
+                break
+            kept.append(c.key)
+            cap += c.capacity_rps
+        return kept
 
     def _hold_floor(self, snap: Snapshot, chosen: list[Candidate], floor_rps: float
                     ) -> list[Candidate]:

@@ -26,7 +26,6 @@ from mark.core.instances import Market
 from mark.sim.world import World
 from provisioner.faas_tier import COVERS, REASONS
 
-
 #: An instance the policy ends within this long of its launch is churn: it paid its boot and
 #: billing minimum for little or no service (reported as instance-minutes billed).
 CHURN_LIFE_S = 600.0
