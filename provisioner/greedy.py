@@ -67,6 +67,7 @@ from provisioner.faas_tier import (
     cold_start_cover,
     faas_tier_cost_per_request,
 )
+from provisioner.headroom import plan_headroom
 from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
 from provisioner.serving import default_serving_plan
 
@@ -153,9 +154,14 @@ def greedy_plan(
             running = c.price_usd_per_h / 3600.0 * (end - lo) * step_s
             cpr = (running + c.overhead_usd) / served
             if cpr < best_cpr - 1e-15:
-                best, best_cpr, run_cpr = c, cpr, running / served
-        # against FaaS the launch overhead is not counted: it is paid once and amortised over
-        # a lifetime longer than the horizon; utilisation within the run still counts
+                # against FaaS the launch overhead is left out only for a run that lasts to
+                # the horizon (the instance will live on and amortise it); a run that ends
+                # within it (a bridge until a slower, cheaper type is ready, a transient)
+                # must pay for its launch itself
+                lasting = end >= m
+                best, best_cpr = c, cpr
+                run_cpr = (running + (0.0 if lasting else c.overhead_usd)) / served
+        # utilisation within the run counts against FaaS
         # the margin is for an instance the forecast would leave part idle; a full one
         # is not held back (its advantage over FaaS may be smaller than the margin)
         margin = faas_margin if best is not None and r[t_star] < best.capacity_rps else 1.0
@@ -201,6 +207,8 @@ class MArkGreedy:
         faas_tier: bool = True,
         cover_window_s: int = 6 * 3600,
         first_life_s: float | None = None,
+        faas_limits: bool = True,
+        noise_band_sigmas: float = 3.0,
     ) -> None:
         self.ctx = ctx
         self.faas_tier = faas_tier and faas_aware and spill
@@ -212,6 +220,10 @@ class MArkGreedy:
                     default=0.0)
         life = horizon_s if first_life_s is None else first_life_s
         self.first_launch_margin = 1.0 + (delay + launch_overhead_s) / life
+        # new capacity arrives a launch delay (the slowest type's) after a decision
+        self.headroom_lag_s = delay + interval_s
+        self.faas_limits = faas_limits
+        self.noise_band_sigmas = noise_band_sigmas
         self.interval_s = interval_s
         self.horizon_steps = max(1, math.ceil(horizon_s / interval_s))
         self.hold_s = hold_s
@@ -246,15 +258,19 @@ class MArkGreedy:
     def initial_state(self) -> GreedyState:
         return GreedyState()
 
+    def _ready_at(self, inst: Instance) -> float:
+        """When ``inst`` became ready, or is expected to (its type's launch delay)."""
+        if inst.ready_at_s is not None:
+            return inst.ready_at_s
+        return inst.launched_at_s + self.ctx.catalogue.instance(inst.instance_type).launch_delay_s
+
     def _candidates(self, fleet: tuple[Instance, ...], now_s: float) -> list[Candidate]:
         out = []
         cat = self.ctx.catalogue
         for inst in fleet:
             if inst.state == InstanceState.NOTICE or inst.instance_type not in self.serving.types:
                 continue
-            ready_at = (inst.ready_at_s if inst.ready_at_s is not None
-                        else inst.launched_at_s + cat.instance(inst.instance_type).launch_delay_s)
-            ready_step = max(0, math.ceil((ready_at - now_s) / self.interval_s))
+            ready_step = max(0, math.ceil((self._ready_at(inst) - now_s) / self.interval_s))
             out.append(Candidate(
                 inst.id, inst.instance_type, inst.market,
                 self.serving.types[inst.instance_type].capacity_rps / self.headroom,
@@ -323,17 +339,27 @@ class MArkGreedy:
             # FaaS carries the whole stream: settings for its mean rate (as BATCH does)
             faas = self.faas_for(rate)
             cover, chosen, faas = self._cover(snap, float(f[0]), faas)
+        headroom: dict[str, float] = {}
+        if self.serving.spill and self.faas_limits and self.serving.types:
+            hr = plan_headroom(self.ctx, faas, snap.counts, self.headroom_lag_s,
+                               self.cover_window_s)
+            headroom = hr.info()
+            chosen = self._hold_floor(snap, chosen, hr.multiplier * rate)
         needed = dict(state.last_needed_s)
         for c in chosen:
             if c.existing:
                 needed[c.key] = snap.now_s
+        for key in self._noise_band(snap, chosen, rate):
+            needed[key] = snap.now_s
         launch = tuple(LaunchOrder(c.instance_type, c.market) for c in chosen if not c.existing)
         terminate = []
         live = {i.id for i in snap.fleet}
         for inst in snap.fleet:
             if inst.state == InstanceState.NOTICE:
                 continue
-            last = needed.setdefault(inst.id, inst.launched_at_s)
+            # the hold runs from when the instance is (expected) ready: one still booting
+            # has paid for its launch and is not ended before it could serve
+            last = needed.setdefault(inst.id, self._ready_at(inst))
             if snap.now_s - last >= self.hold_s:
                 terminate.append(inst.id)
         needed = {k: v for k, v in needed.items() if k in live and k not in terminate}
@@ -344,9 +370,45 @@ class MArkGreedy:
             serving=ServingPlan(self.serving.types, faas, self.serving.spill) if send else None,
             info={"forecast_rps": float(f[0]), "planned_rps": cap,
                   "planned_instances": float(len(chosen)),
-                  **(cover.info() if self.faas_tier else {})},
+                  **(cover.info() if self.faas_tier else {}), **headroom},
         )
         return decision, GreedyState(needed, True, faas)
+
+    def _noise_band(self, snap: Snapshot, chosen: list[Candidate], rate: float) -> list[str]:
+        """Running instances the plan left out but that stay counted as needed: up to
+        ``noise_band_sigmas`` standard deviations of the 5-second Poisson rate, so a plan
+        that dips with noise does not end instances the next one launches again (scale-in
+        hysteresis); the cheapest per request are kept."""
+        band = self.noise_band_sigmas * math.sqrt(max(rate, 0.0) * 5.0) / 5.0
+        if band <= 0:
+            return []
+        taken = {c.key for c in chosen if c.existing}
+        spare = sorted((c for c in self._candidates(snap.fleet, snap.now_s)
+                        if c.existing and c.key not in taken and c.ready_step == 0),
+                       key=lambda c: c.price_usd_per_h / c.capacity_rps)
+        kept, cap = [], 0.0
+        for c in spare:
+            if cap >= band:
+                break
+            kept.append(c.key)
+            cap += c.capacity_rps
+        return kept
+
+    def _hold_floor(self, snap: Snapshot, chosen: list[Candidate], floor_rps: float
+                    ) -> list[Candidate]:
+        """``chosen`` plus the cheapest capacity that brings it to ``floor_rps`` (instance
+        headroom for what FaaS cannot absorb; never left to spill)."""
+        short = floor_rps - sum(c.capacity_rps for c in chosen)
+        if short <= 0:
+            return chosen
+        taken = {c.key for c in chosen if c.existing}
+        rest = [c for c in self._candidates(snap.fleet, snap.now_s)
+                if not (c.existing and c.key in taken)]
+        # a standing reserve, not an emergency: planned from when every type could be ready,
+        # so a slow-booting cheap type is not bridged by short-lived fast-booting ones
+        need = np.full(self.horizon_steps, short)
+        need[: max((c.ready_step for c in rest if not c.existing), default=0)] = 0.0
+        return chosen + greedy_plan(need, rest, self.interval_s)
 
     def _cover(self, snap: Snapshot, rate: float, faas: FaasConfig
                ) -> tuple[Cover, list[Candidate], FaasConfig]:

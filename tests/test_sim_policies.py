@@ -63,6 +63,29 @@ def test_spot_interruptions_fall_back_and_keep_the_slo(twitter_slice: np.ndarray
                                              timeline=False).cost_usd["total"]
 
 
+def test_lambda_scaling_rate_is_enforced() -> None:
+    """Lambda starts at most ``scaling_per_10s`` new environments at once, then a tenth of
+    that per second (refilled continuously); the rest are throttled and wait for the next."""
+    from dataclasses import replace
+
+    cat = load_catalogue()
+    lam = replace(cat.lambda_, concurrency_limit=100_000, cold_start_s=0.0, keep_alive_s=600.0,
+                  scaling_per_10s=100)
+    cat = replace(cat, lambda_=lam)
+    counts = np.zeros(120, dtype=np.int64)
+    counts[10] = 2000  # 2000 requests within one second, each holding a container ~0.4 s
+    kw = {"profile": "inception-v3", "seed": 0, "timeline": False}
+    r = simulate(counts, "lambda", catalogue=cat, **kw)
+    # ~800 containers would be needed: 100 start at once, then 10 a second
+    assert r.extra["faas_throttled"] > 1000
+    assert 100 <= r.extra["faas_max_concurrency"] <= 100 + 10 * 20
+    assert r.latencies_s.max() > 2.0  # waited for a token or a free container
+    unbounded = replace(cat, lambda_=replace(lam, scaling_per_10s=100_000))
+    u = simulate(counts, "lambda", catalogue=unbounded, **kw)
+    assert u.extra["faas_throttled"] == 0 and u.extra["faas_max_concurrency"] > 500
+    assert u.latencies_s.max() < 1.0
+
+
 def test_lambda_cold_starts_concurrency_and_per_ms_billing() -> None:
     from dataclasses import replace
 

@@ -86,6 +86,14 @@ class LambdaSpec:
     init_billed: bool = True
     # provisioned concurrency: $ per GB-s a pre-initialised container is held (x86)
     provisioned_usd_per_gb_s: float = 0.0000041667
+    # scaling rate: new execution environments per 10 s per function, refilled continuously
+    # (a token bucket of that size refilling at a tenth of it per second); beyond it, 429
+    scaling_per_10s: int = 1000
+
+    @property
+    def scaling_per_s(self) -> float:
+        """New execution environments per second once the burst allowance is spent."""
+        return self.scaling_per_10s / 10.0
 
     def vcpu(self, memory_mb: float) -> float:
         """CPU share at ``memory_mb``: see :func:`lambda_vcpu`."""
@@ -167,6 +175,8 @@ def parse_catalogue(raw: dict[str, Any]) -> Catalogue:
         init_billed=bool(lam.get("init_billed", True)),
         provisioned_usd_per_gb_s=_num(lam, "provisioned_usd_per_gb_s", "lambda")
         if "provisioned_usd_per_gb_s" in lam else 0.0000041667,
+        scaling_per_10s=int(_num(lam, "scaling_per_10s", "lambda", 1))
+        if "scaling_per_10s" in lam else 1000,
     )
     billing = raw.get("billing", {})
     return Catalogue(

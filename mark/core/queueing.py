@@ -8,8 +8,8 @@ arrival order over float64/int32 arrays that applies, per request, the Triton
 dynamic-batcher recurrence of its instance and the spill test. Instance state (busy-until,
 the open batch) lives in arrays indexed by instance slot and carries over between segments.
 Spilled requests are then served in one pass by :func:`serve_faas` (buffer + container
-pool with cold starts, keep-alive, a concurrency limit, provisioned containers and
-per-ms billing). Both passes are O(n) (the FaaS pool adds O(log containers)) and compile
+pool with cold starts, keep-alive, a concurrency limit, Lambda's scaling rate, provisioned
+containers and per-ms billing). Both passes are O(n) (the FaaS pool adds O(log containers)) and compile
 once per process (cached).
 
 Dynamic-batcher semantics (Triton, one model instance per server): a batch opens with its
@@ -190,12 +190,23 @@ def serve_faas(
     cold_s: float,
     keep_alive_s: float,
     limit: int,
+    scale_per_s: float,  # new execution environments per second (token refill rate) ...
+    scale_burst: float,  # ... into a bucket of this many (Lambda: 1000 per 10 s, refilled)
     init_billed: bool,
     gran_ms: float,
     out_lat: np.ndarray,  # float64 latency per request
     out_stats: np.ndarray,  # float64 [5]: mb_ms billed, invocations, cold starts, throttled, max conc
 ) -> None:
+    """Serve the spilled requests on a FaaS pool (see the module docstring).
+
+    A batch that finds no warm container starts a new one (cold) if the concurrency limit
+    and the scaling rate allow; otherwise it is throttled (429) and retried, as a client with
+    backoff would, on the first container to come free or the first new environment the
+    scaling rate grants, whichever is earlier. Throttled invocations are counted.
+    """
     n = arr.shape[0]
+    tokens = scale_burst  # new environments that may start now
+    t_tok = 0.0  # time ``tokens`` was last brought up to date
     heap = np.empty(limit + 1, dtype=np.float64)  # busy-until per live container
     hn = 0
     alive = 0
@@ -227,10 +238,29 @@ def serve_faas(
             start = disp
             init = 0.0
         elif alive < limit:
-            alive += 1
-            start = disp + cold_s
-            init = cold_s
-            out_stats[2] += 1.0
+            if disp > t_tok:
+                tokens = min(scale_burst, tokens + (disp - t_tok) * scale_per_s)
+                t_tok = disp
+            if tokens >= 1.0:
+                tokens -= 1.0
+                alive += 1
+                start = disp + cold_s
+                init = cold_s
+                out_stats[2] += 1.0
+            else:  # over the scaling rate: 429 until a token accrues or a container frees
+                t_new = t_tok + (1.0 - tokens) / scale_per_s
+                out_stats[3] += 1.0
+                if hn > 0 and heap[0] <= t_new:
+                    start = heap[0]
+                    hn = _heap_pop(heap, hn)
+                    init = 0.0
+                else:
+                    tokens = 0.0
+                    t_tok = t_new
+                    alive += 1
+                    start = t_new + cold_s
+                    init = cold_s
+                    out_stats[2] += 1.0
         else:
             start = heap[0]
             hn = _heap_pop(heap, hn)

@@ -26,6 +26,10 @@ from mark.core.instances import Market
 from mark.sim.world import World
 from provisioner.faas_tier import COVERS, REASONS
 
+#: An instance the policy ends within this long of its launch is churn: it paid its boot and
+#: billing minimum for little or no service (reported as instance-minutes billed).
+CHURN_LIFE_S = 600.0
+
 
 @dataclass
 class SimResult:
@@ -91,7 +95,8 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
     queueing.serve_faas(
         np.ascontiguousarray(world.arr[spilled_idx]), float(step), pb, pt, pm, pw,
         np.array(mems, dtype=np.float64), svc, spec.cold_start_s, spec.keep_alive_s,
-        spec.concurrency_limit, spec.init_billed, spec.billing_granularity_ms, lat, stats,
+        spec.concurrency_limit, spec.scaling_per_s, float(spec.scaling_per_10s),
+        spec.init_billed, spec.billing_granularity_ms, lat, stats,
     )
     cost = stats[0] / 1000.0 / 1024.0 * spec.usd_per_gb_s + stats[1] * spec.usd_per_request
     return lat, float(cost), {"faas_invocations": int(stats[1]), "faas_cold_starts": int(stats[2]),
@@ -137,6 +142,7 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     else:
         lat_ms = {"p50": 0.0, "p98": 0.0, "p99": 0.0}
     od = spot = 0.0
+    churned = churn_s = 0.0
     for inst in world.insts:
         price = world.ctx.price_usd_per_h(inst.instance_type, inst.market) * world.billing_factor
         assert inst.ended_at_s is not None, f"{inst.id} still running at the end"
@@ -146,9 +152,16 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
             spot += c
         else:
             od += c
+        life = inst.ended_at_s - inst.launched_at_s
+        if inst.ended_by == "policy" and life < CHURN_LIFE_S:
+            churned += 1
+            churn_s += max(life, world.cat.billing_minimum_s)
     total = od + spot + faas_cost
     extra: dict[str, Any] = {
         "launches": world.n_launches,
+        "terminations": sum(1 for i in world.insts if i.ended_by == "policy"),
+        "churned_instances": int(churned),
+        "churn_instance_minutes": round(churn_s / 60.0, 2),
         "spot_interruptions": world.n_interruptions,
         "failed": int(world.failed.sum()),
         "slo_ms": slo.latency_ms,

@@ -102,7 +102,7 @@ def simulate(
             bar.update(world.env.now - bar.n)
     world.advance(end)
     for inst in list(world.live.values()):
-        world._end(inst)
+        world._end(inst, "end")
     if bar is not None:
         bar.close()
     label = name or str(getattr(pol, "name", policy))

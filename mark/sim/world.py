@@ -49,6 +49,7 @@ class SimInstance(Instance):
 
     slot: int = -1
     events: list[Any] = field(default_factory=list)
+    ended_by: str = ""  # "policy" (terminated), "reclaim" (spot) or "end" (of the run)
 
 
 class World:
@@ -209,7 +210,7 @@ class World:
                     notice = max(now, at - it.spot.notice_s)
                     inst.events.append(self.env.schedule(notice, lambda: self._notice(inst),
                                                          PRIO_NORMAL))
-                    inst.events.append(self.env.schedule(at, lambda: self._end(inst, True),
+                    inst.events.append(self.env.schedule(at, lambda: self._end(inst, "reclaim"),
                                                          PRIO_URGENT))
 
     def _ready(self, inst: SimInstance) -> None:
@@ -223,9 +224,12 @@ class World:
         if inst.state in (InstanceState.PENDING, InstanceState.READY):
             inst.state = InstanceState.NOTICE
 
-    def _end(self, inst: SimInstance, reclaimed: bool = False) -> None:
+    def _end(self, inst: SimInstance, cause: str = "policy") -> None:
+        """End ``inst``: ``cause`` is "policy", "reclaim" (spot) or "end" (of the run)."""
         if inst.state == InstanceState.TERMINATED:
             return
+        reclaimed = cause == "reclaim"
+        inst.ended_by = cause
         self.advance(self.env.now)
         busy_until = queueing.flush_instance(inst.slot, self.svc, self.delay, self.fstate,
                                             self.istate, self.batch_done, self.batch_size,

@@ -1,0 +1,90 @@
+"""FaaS's limits planned for (instance headroom at MArk's scale), and no churn."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mark.core.catalogue import Catalogue, load_catalogue
+from mark.core.profiles import load_profile
+from mark.core.slo import Slo
+from mark.sim import simulate
+from provisioner import PolicyContext, Snapshot, make_policy
+from provisioner.headroom import faas_absorb_rps, plan_headroom
+
+CPU = ("c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "m5.large", "m5.xlarge", "m5.2xlarge")
+SLO = Slo(500, 98)
+BURST_AT = (1800, 5400)  # two 5x bursts of 10 minutes: the first teaches, the second is kept
+BURST_S = 600
+
+
+def lifted(cat: Catalogue) -> Catalogue:
+    return replace(cat, lambda_=replace(cat.lambda_, concurrency_limit=1_000_000,
+                                        scaling_per_10s=1_000_000))
+
+
+@pytest.fixture(scope="module")
+def burst_counts() -> np.ndarray:
+    """x20 of the Twitter mean (~1,000 req/s), with 5x bursts (the week has 4-5x ones)."""
+    rate = np.full(7200, 1000.0)
+    for a in BURST_AT:
+        rate[a : a + BURST_S] = 5000.0
+    return np.random.default_rng(0).poisson(rate)
+
+
+def ctx_for(cat: Catalogue) -> PolicyContext:
+    return PolicyContext(cat, load_profile("inception-v3"), SLO, types=CPU)
+
+
+def test_the_planner_holds_headroom_for_what_faas_cannot_absorb(burst_counts) -> None:
+    cat = load_catalogue()
+    snap = Snapshot(7200.0, burst_counts, (), SLO)
+    limited, free = make_policy("mark", ctx_for(cat)), make_policy("mark", ctx_for(lifted(cat)))
+    d_lim, _ = limited.decide(snap, limited.initial_state())
+    d_free, _ = free.decide(snap, free.initial_state())
+    absorb = d_lim.info["faas_absorb_rps"]
+    assert 1000 < absorb < 4000  # 1,000 Inception-v3 containers at ~0.38 s a request
+    assert d_lim.info["headroom_x"] > 2.0 and d_lim.info["throttling_accepted"] == 0.0
+    # the burst minus what FaaS takes (at 80%) is held on instances
+    assert d_lim.info["planned_rps"] >= 5000 - 0.8 * absorb - 50
+    assert d_free.info["headroom_x"] == 0.0
+    assert d_free.info["planned_rps"] < 0.6 * d_lim.info["planned_rps"]
+
+
+def test_headroom_is_zero_when_faas_absorbs_every_burst(burst_counts) -> None:
+    ctx = ctx_for(load_catalogue())
+    small = np.random.default_rng(1).poisson(np.where(burst_counts > 2000, 200.0, 50.0))
+    faas = make_policy("mark", ctx).serving.faas  # type: ignore[attr-defined]
+    assert plan_headroom(ctx, faas, small, 300.0, 6 * 3600).multiplier == 0.0
+    assert faas_absorb_rps(ctx, faas) > 200
+
+
+def _second_burst_miss(r, counts: np.ndarray) -> float:
+    edges = np.concatenate(([0], np.cumsum(counts)))
+    a, b = edges[BURST_AT[1]], edges[BURST_AT[1] + BURST_S]
+    return float((r.latencies_s[a:b] > SLO.latency_s).mean())
+
+
+def test_simulated_bursts_keep_the_slo_with_headroom_and_break_without(burst_counts) -> None:
+    kw = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1, "timeline": False}
+    held = simulate(burst_counts, "mark", **kw)
+    blind = simulate(burst_counts, "mark", policy_kw={"faas_limits": False}, **kw)
+    # the first burst is news to both; the second is kept by the headroom learned from it
+    assert _second_burst_miss(held, burst_counts) < 0.02
+    assert _second_burst_miss(blind, burst_counts) > 0.15  # ~60% for its first 4 minutes
+    assert held.extra["faas_throttled"] < blind.extra["faas_throttled"] / 2
+    assert held.slo_attainment > blind.slo_attainment + 0.05
+
+
+def test_a_noisy_flat_load_does_not_churn() -> None:
+    counts = np.random.default_rng(0).poisson(np.full(2 * 3600, 1000.0))
+    r = simulate(counts, "mark", profile="inception-v3", slo=SLO, types=CPU, seed=1,
+                 timeline=False)
+    first = r.extra["launches"]
+    assert r.extra["terminations"] == 0 and r.extra["churned_instances"] == 0
+    assert r.extra["churn_instance_minutes"] == 0.0
+    no_band = simulate(counts, "mark", profile="inception-v3", slo=SLO, types=CPU, seed=1,
+                       timeline=False, policy_kw={"noise_band_sigmas": 0.0})
+    assert no_band.extra["terminations"] > 10 and no_band.extra["launches"] > first
