@@ -375,12 +375,13 @@ class MArkGreedy:
         return decision, GreedyState(needed, True, faas)
 
     def _noise_band(self, snap: Snapshot, chosen: list[Candidate], rate: float) -> list[str]:
-        """Running instances the plan left out but that stay counted as needed: up to
+        """Running instances the plan left out but that stay counted as needed (when it keeps
+        any instance at all): up to
         ``noise_band_sigmas`` standard deviations of the 5-second Poisson rate, so a plan
         that dips with noise does not end instances the next one launches again (scale-in
         hysteresis); the cheapest per request are kept."""
         band = self.noise_band_sigmas * math.sqrt(max(rate, 0.0) * 5.0) / 5.0
-        if band <= 0:
+        if band <= 0 or not chosen:  # hysteresis on a fleet's size, not on having one
             return []
         taken = {c.key for c in chosen if c.existing}
         spare = sorted((c for c in self._candidates(snap.fleet, snap.now_s)

@@ -64,7 +64,7 @@ def snap(now: float, rate: float, fleet: tuple[Instance, ...]) -> Snapshot:
 
 def test_policy_launches_then_holds_before_scale_in(ctx: PolicyContext) -> None:
     pol = make_policy("mark", ctx, hold_s=360.0, forecast_kw={"margin": 1.0},
-                      adaptive_faas=False)
+                      adaptive_faas=False, noise_band_sigmas=0.0)
     assert isinstance(pol, MArkGreedy)
     cap = default_serving_plan(ctx).types["c5.large"].capacity_rps
     st = pol.initial_state()
@@ -84,6 +84,20 @@ def test_policy_launches_then_holds_before_scale_in(ctx: PolicyContext) -> None:
     # with the load doubled both are needed again and nothing is terminated
     dec, st = pol.decide(snap(960, 1.8 * cap, fleet), pol.initial_state())
     assert dec.terminate == () and dec.launch == ()
+
+
+def test_a_spare_within_the_noise_band_is_not_ended(ctx: PolicyContext) -> None:
+    """Scale-in hysteresis: a spare instance that covers the Poisson noise of the rate (one
+    standard deviation of its 5-second mean) stays, so noise does not end and relaunch."""
+    pol = make_policy("mark", ctx, hold_s=360.0, forecast_kw={"margin": 1.0},
+                      adaptive_faas=False)
+    cap = default_serving_plan(ctx).types["c5.large"].capacity_rps
+    fleet = (Instance("a", "c5.large", "on_demand", "ready", 500, 500),
+             Instance("b", "c5.large", "on_demand", "ready", 500, 500))
+    st = pol.initial_state()
+    for now in (600, 840, 900, 1200):
+        dec, st = pol.decide(snap(now, 0.9 * cap, fleet), st)
+        assert dec.terminate == () and dec.launch == ()
 
 
 def test_notice_instances_are_replaced(ctx: PolicyContext) -> None:
