@@ -40,8 +40,22 @@ cheaper); the choice and its reason go to ``Decision.info`` (``faas_cover``, ``f
 shape: instances cover the forecast and FaaS only absorbs what they miss.
 
 Instances not in the plan are terminated only when no plan needed them for ``hold_s``
-(scale-in hysteresis). Instances under a spot interruption notice are not counted; the plan
-replaces them. A new instance serves only from the step it is ready in; the gap is spill's.
+since they were (or would be) ready, so one still booting is never ended; and spare running
+instances up to one standard deviation of the rate's Poisson noise (``noise_band_sigmas``)
+stay counted as needed while the plan keeps a fleet (scale-in hysteresis: noise does not
+end and relaunch instances). A new instance whose run ends within the horizon (a bridge
+until a slower, cheaper type is ready, a transient) pays its launch overhead in the
+comparison with FaaS; one that lasts to the horizon amortises it over its life. Instances
+under a spot interruption notice are not counted; the plan replaces them. A new instance
+serves only from the step it is ready in; the gap is spill's.
+
+FaaS has limits (``faas_limits=True``, :mod:`provisioner.headroom`): the account's
+concurrency limit and Lambda's scaling rate cap what spill can absorb at a burst onset, so
+the plan holds at least ``headroom_x`` x the current rate on instances, the smallest
+multiplier that, replayed over the last ``cover_window_s`` with instances lagging by the
+launch delay, keeps the spill FaaS could not absorb within half the SLO's slack
+(``Decision.info``: ``headroom_x``, ``faas_absorb_rps``, ``expected_unabsorbed_share``,
+``throttling_accepted``). At small scale it is 0.
 """
 
 from __future__ import annotations

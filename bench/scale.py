@@ -1,0 +1,163 @@
+"""The planner at MArk's scale: a day of the Twitter trace at x1, x3, x20 and x100.
+
+For each scale, model (Inception-v3 with 98% under 500 ms, MiniLM with 98% under 200 ms),
+market (on demand, spot) and type set (CPU types only, all profiled types with the GPUs):
+``mark`` and the hindsight plan (``oracle``, run with the same FaaS limits), and per row SLO
+attainment, cost against the hindsight plan, launches per hour (and the hindsight plan's),
+churn, FaaS throttles, FaaS's share of the bill and the simulator's speed (requests per
+second of wall time). Rows in :mod:`scenarios`' one schema; targets checked per row:
+attainment >= 99%, cost <= 1.10x the hindsight plan, launches per hour <= 3x its, and the
+simulator at >= 3 M requests/s at x100.
+
+    .venv/bin/python bench/scale.py [--hours 24] [--scales 1 3 20 100] [--models ...]
+        [--markets on-demand spot] [--types cpu all] [--json bench/results/scale.json]
+
+The full matrix is 32 configurations (x100 alone is 553 M requests per run); ``--hours``,
+``--scales`` and the other filters run a part of it, and the JSON says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scenarios import CPU_TYPES, TWITTER, Scenario, print_rows, row  # noqa: E402
+
+from mark.core.slo import Slo  # noqa: E402
+from mark.core.workload.traces import load_trace  # noqa: E402
+
+MODELS = {"inception-v3": Slo(500, 98), "minilm": Slo(200, 98)}
+TARGETS = {"attainment": 0.99, "cost_ratio": 1.10, "launch_ratio": 3.0, "sim_rps_x100": 3e6}
+
+
+def scenario(hours: float, scale: float, model: str, types: str) -> Scenario:
+    counts = load_trace(TWITTER).slice(0, int(hours * 3600)).counts
+    return Scenario(f"twitter {hours:g} h x{scale:g}, {model}, {types}", counts, model,
+                    MODELS[model], scale, CPU_TYPES if types == "cpu" else None)
+
+
+def run(sc: Scenario, market: str, hours: float, oracle: bool) -> list[dict[str, Any]]:
+    spot = market == "spot"
+    out: dict[str, dict[str, Any]] = {}
+    for pol in (("oracle", "mark") if oracle else ("mark",)):
+        t0 = time.perf_counter()
+        r = sc.simulate(pol, spot=spot, timeline=False)
+        wall = time.perf_counter() - t0
+        e = r.extra
+        out[pol] = row(sc, pol, market, r, None,
+                       launches_per_hour=e["launches"] / hours,
+                       faas_share_of_cost=(r.cost_usd["faas"] / r.cost_usd["total"]
+                                           if r.cost_usd["total"] else 0.0),
+                       sim_requests_per_s=r.requests / wall if wall > 0 else 0.0)
+        print(f"  {market:9s} {pol:7s} ${r.cost_usd['total']:10.2f} att {r.slo_attainment:7.3%} "
+              f"launches/h {e['launches'] / hours:8.1f} throttled {e['faas_throttled']:9d} "
+              f"({wall:.0f} s, {r.requests / wall / 1e6:.1f} M req/s)", flush=True)
+    if "oracle" in out:
+        base = out["oracle"]
+        for r_ in out.values():
+            r_["ratio_to_oracle"] = r_["cost_usd"]["total"] / base["cost_usd"]["total"]
+            r_["launch_ratio_to_oracle"] = (r_["launches_per_hour"] / base["launches_per_hour"]
+                                            if base["launches_per_hour"] else None)
+    return list(out.values())
+
+
+def check(r: dict[str, Any], scale: float) -> dict[str, bool]:
+    ok = {"attainment": r["slo_attainment"] >= TARGETS["attainment"]}
+    if r.get("ratio_to_oracle") is not None:
+        ok["cost"] = r["ratio_to_oracle"] <= TARGETS["cost_ratio"]
+    if r.get("launch_ratio_to_oracle") is not None:
+        ok["launches"] = r["launch_ratio_to_oracle"] <= TARGETS["launch_ratio"]
+    if scale >= 100:
+        ok["speed"] = r["sim_requests_per_s"] >= TARGETS["sim_rps_x100"]
+    return ok
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    marks = [r for r in rows if r["policy"] == "mark"]
+    groups = sorted({(r["model"], r["market"], r["types"]) for r in marks})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    for g in groups:
+        rs = sorted((r for r in marks if (r["model"], r["market"], r["types"]) == g),
+                    key=lambda r: r["scale"])
+        x = [r["scale"] for r in rs]
+        label = " / ".join(g)
+        if all(r.get("ratio_to_oracle") for r in rs):
+            a1.plot(x, [r["ratio_to_oracle"] for r in rs], marker="o", label=label)
+        a2.plot(x, [100 * r["slo_attainment"] for r in rs], marker="o", label=label)
+    a1.axhline(TARGETS["cost_ratio"], color="#de2d26", ls="--", lw=0.8)
+    a2.axhline(100 * TARGETS["attainment"], color="#de2d26", ls="--", lw=0.8)
+    for a, y in ((a1, "cost / hindsight plan"), (a2, "SLO attainment %")):
+        a.set_xscale("log")
+        a.set_xlabel("trace scale (x)")
+        a.set_ylabel(y)
+    a1.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hours", type=float, default=24.0)
+    ap.add_argument("--scales", type=float, nargs="+", default=[1, 3, 20, 100])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--markets", nargs="+", default=["on-demand", "spot"],
+                    choices=["on-demand", "spot"])
+    ap.add_argument("--types", nargs="+", default=["cpu", "all"], choices=["cpu", "all"])
+    ap.add_argument("--no-oracle", action="store_true", help="mark only (no cost ratios)")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "scale.json"))
+    args = ap.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for model in args.models:
+        for types in args.types:
+            for scale in args.scales:
+                sc = scenario(args.hours, scale, model, types)
+                print(f"{sc.name}: {sc.requests} requests", flush=True)
+                for market in args.markets:
+                    for r in run(sc, market, args.hours, not args.no_oracle):
+                        r.update(model=model, types=types, scale=scale)
+                        r["targets_met"] = check(r, scale)
+                        rows.append(r)
+    print()
+    print_rows(rows)
+    print(f"\n{'scenario':44s} {'market':9s} {'policy':7s} {'launch/h':>9s} {'x oracle':>8s} "
+          f"{'throttled':>10s} {'faas %':>7s} {'M req/s':>8s}  targets")
+    for r in rows:
+        lr = r.get("launch_ratio_to_oracle")
+        print(f"{r['scenario'][:44]:44s} {r['market']:9s} {r['policy']:7s} "
+              f"{r['launches_per_hour']:9.1f} {'-' if lr is None else f'{lr:.2f}':>8s} "
+              f"{r['faas_throttled']:10d} {100 * r['faas_share_of_cost']:7.1f} "
+              f"{r['sim_requests_per_s'] / 1e6:8.2f}  "
+              f"{' '.join(k + ('+' if v else '-') for k, v in r['targets_met'].items())}")
+    doc = {"hours": args.hours, "scales": args.scales, "models": args.models,
+           "markets": args.markets, "types": args.types, "targets": TARGETS,
+           "full_matrix": (args.hours >= 24 and sorted(args.scales) == [1, 3, 20, 100]
+                           and len(args.models) == 2 and len(args.markets) == 2
+                           and len(args.types) == 2 and not args.no_oracle),
+           "wall_seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    png = out.with_suffix(".png")
+    plot(rows, png)
+    met = [all(r["targets_met"].values()) for r in rows if r["policy"] == "mark"]
+    print(f"\nmark rows meeting every target: {sum(met)} of {len(met)}; wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
