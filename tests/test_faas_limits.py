@@ -78,10 +78,10 @@ def test_simulated_bursts_keep_the_slo_with_headroom_and_break_without(burst_cou
     assert held.slo_attainment > blind.slo_attainment + 0.05
 
 
-def test_a_noisy_flat_load_does_not_churn() -> None:
+def test_a_noisy_flat_load_does_not_churn_with_the_noise_band() -> None:
     counts = np.random.default_rng(0).poisson(np.full(2 * 3600, 1000.0))
     r = simulate(counts, "mark", profile="inception-v3", slo=SLO, types=CPU, seed=1,
-                 timeline=False)
+                 timeline=False, policy_kw={"noise_band_sigmas": 1.0})
     first = r.extra["launches"]
     assert r.extra["terminations"] == 0 and r.extra["churned_instances"] == 0
     assert r.extra["churn_instance_minutes"] == 0.0

@@ -90,7 +90,7 @@ def test_a_spare_within_the_noise_band_is_not_ended(ctx: PolicyContext) -> None:
     """Scale-in hysteresis: a spare instance that covers the Poisson noise of the rate (one
     standard deviation of its 5-second mean) stays, so noise does not end and relaunch."""
     pol = make_policy("mark", ctx, hold_s=360.0, forecast_kw={"margin": 1.0},
-                      adaptive_faas=False)
+                      adaptive_faas=False, noise_band_sigmas=1.0)
     cap = default_serving_plan(ctx).types["c5.large"].capacity_rps
     fleet = (Instance("a", "c5.large", "on_demand", "ready", 500, 500),
              Instance("b", "c5.large", "on_demand", "ready", 500, 500))
