@@ -45,8 +45,9 @@ since they were (or would be) ready, so one still booting is never ended. Option
 deviations of the rate's 5-second Poisson noise stay counted as needed while the plan keeps a
 fleet (scale-in hysteresis: noise does not end and relaunch instances). Off because the
 simulator bills what churn costs (boot time, billing minimum) and holding the band costs more:
-+10% on two days of the Twitter week at 3 sigmas, +3% at 1, for 25-40% fewer launches. A new instance whose run ends within the horizon (a bridge
-until a slower, cheaper type is ready, a transient) pays its launch overhead in the
++10% on two days of the Twitter week at 3 sigmas, +3% at 1, for 25-40% fewer launches.
+A new instance whose run ends within the horizon (a bridge until a slower, cheaper type is
+ready, a transient) pays its launch overhead in the
 comparison with FaaS; one that lasts to the horizon amortises it over its life. Instances
 under a spot interruption notice are not counted; the plan replaces them. A new instance
 serves only from the step it is ready in; the gap is spill's.
