@@ -124,3 +124,11 @@ def test_bad_counts_are_refused() -> None:
         simulate(np.array([1, -2, 3]), "mark")
     with pytest.raises(ConfigError, match="scale"):
         simulate(np.array([1, 2, 3]), "mark", scale=0)
+
+
+def test_every_result_carries_the_faas_counters() -> None:
+    """One result schema: a run that never spills reports zero FaaS counters, not none."""
+    r = simulate(np.full(600, 1), "mark-released", timeline=False)
+    assert r.spill_share == 0.0
+    assert {r.extra[k] for k in ("faas_invocations", "faas_cold_starts", "faas_throttled",
+                                 "faas_max_concurrency")} == {0}

@@ -68,7 +68,8 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
     """Serve spilled requests on Lambda; returns latencies, cost and counters."""
     lat = np.zeros(spilled_idx.size)
     if spilled_idx.size == 0 or not world.faas_changes:
-        return lat, 0.0, {}
+        return lat, 0.0, {"faas_invocations": 0, "faas_cold_starts": 0, "faas_throttled": 0,
+                          "faas_max_concurrency": 0}
     spec = world.cat.lambda_
     prof = world.ctx.profile.lambda_
     if prof is None:
