@@ -29,15 +29,20 @@ import numpy as np
 from predictor.base import register_forecaster
 
 
+def smoothed(counts: np.ndarray, window_s: int, smooth_s: int) -> np.ndarray:
+    """The ``smooth_s``-second moving mean of the last ``window_s`` seconds (the raw
+    counts when the window is shorter than ``smooth_s``; empty before any)."""
+    w = counts[-window_s:].astype(np.float64)
+    if smooth_s <= 1 or w.size < smooth_s:
+        return w
+    c = np.cumsum(np.concatenate(([0.0], w)))
+    return (c[smooth_s:] - c[:-smooth_s]) / smooth_s
+
+
 def smoothed_peak(counts: np.ndarray, window_s: int, smooth_s: int) -> float:
     """Max over the last ``window_s`` seconds of the ``smooth_s``-second moving mean."""
-    w = counts[-window_s:].astype(np.float64)
-    if w.size == 0:
-        return 0.0
-    if smooth_s <= 1 or w.size < smooth_s:
-        return float(w.max())
-    c = np.cumsum(np.concatenate(([0.0], w)))
-    return float(((c[smooth_s:] - c[:-smooth_s]) / smooth_s).max())
+    w = smoothed(counts, window_s, smooth_s)
+    return float(w.max()) if w.size else 0.0
 
 
 def _check_seconds(owner: object, **values: object) -> None:
@@ -131,12 +136,9 @@ class RecentQuantile:
             raise ValueError(f"{type(self).__name__}: q must be in [0, 1], got {self.q!r}")
 
     def __call__(self, counts: np.ndarray, horizon: int, step_s: float) -> np.ndarray:
-        w = counts[-self.window_s :].astype(np.float64)
+        w = smoothed(counts, self.window_s, self.smooth_s)
         if w.size == 0:
             return np.zeros(horizon)
-        if self.smooth_s > 1 and w.size >= self.smooth_s:
-            c = np.cumsum(np.concatenate(([0.0], w)))
-            w = (c[self.smooth_s :] - c[: -self.smooth_s]) / self.smooth_s
         return np.full(horizon, self.margin * float(np.quantile(w, self.q)))
 
 

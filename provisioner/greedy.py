@@ -332,8 +332,7 @@ class MArkGreedy:
         if self.auto_q and isinstance(forecast, RecentQuantile):
             # what spills when the rate exceeds the quantile is a stream of a fraction
             # (spill_plan_share) of the load: price FaaS (batched) for that stream
-            recent = snap.counts[-forecast.window_s:]
-            level = float(recent.mean()) if recent.size else 0.0
+            level = snap.recent_rate(forecast.window_s)
             forecast = replace(forecast, q=self.spill_quantile(
                 max(self.spill_plan_share * level, 1.0)))
         f = forecast(snap.counts, self.horizon_steps, self.interval_s)

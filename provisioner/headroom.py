@@ -57,15 +57,6 @@ class Headroom:
 UTILISATION = 0.8  # FaaS is planned to run at most this busy at a burst onset
 
 
-def unabsorbed_share(counts: np.ndarray, lag_s: float, absorb_rps: float,
-                     multiplier: float, level_s: int = 60) -> float:
-    """Share of the requests in ``counts`` (per second) spilled, by a fleet holding
-    ``multiplier`` x the mean rate of a minute ``lag_s`` earlier, in 5-second windows where
-    the spill exceeds ``UTILISATION`` x what FaaS takes (``absorb_rps``)."""
-    r, lvl = _rates(counts, lag_s, level_s)
-    return _share(r, lvl, absorb_rps, multiplier)
-
-
 def _rates(counts: np.ndarray, lag_s: float, level_s: int) -> tuple[np.ndarray, np.ndarray]:
     """5-second rates and, aligned with them, the rate a plan made ``lag_s`` earlier saw."""
     n = counts.size // RESOLUTION_S
@@ -81,6 +72,8 @@ def _rates(counts: np.ndarray, lag_s: float, level_s: int) -> tuple[np.ndarray, 
 
 
 def _share(r: np.ndarray, lvl: np.ndarray, absorb_rps: float, m: float) -> float:
+    """Share of the requests spilled, by a fleet holding ``m`` x the lagged level, in the
+    windows where the spill exceeds ``UTILISATION`` x what FaaS takes (``absorb_rps``)."""
     total = float(r.sum())
     if total <= 0:
         return 0.0

@@ -45,6 +45,28 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
             + b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
+def keep_alive(delay_s: float = 0.0, on_request: Callable[[bytes], None] | None = None,
+               on_close: Callable[[], None] | None = None) -> Handler:
+    """A keep-alive server answering ``{}`` to each request after ``delay_s``; ``on_close``
+    runs when the client closes the connection."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                req = await read_request(r)
+            except asyncio.IncompleteReadError:
+                if on_close is not None:
+                    on_close()
+                return
+            if on_request is not None:
+                on_request(req)
+            await asyncio.sleep(delay_s)
+            w.write(ok(b"{}"))
+            await w.drain()
+
+    return handler
+
+
 async def test_keep_alive_reuses_one_connection(server) -> None:  # type: ignore[no-untyped-def]
     conns = 0
 
@@ -163,47 +185,30 @@ async def test_stale_idle_connection_is_retried_fresh(server) -> None:  # type: 
 
 async def test_connections_per_instance_are_capped(server) -> None:  # type: ignore[no-untyped-def]
     open_now = peak = 0
+    serve = keep_alive(0.02)
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         nonlocal open_now, peak
         open_now += 1
         peak = max(peak, open_now)
         try:
-            while True:
-                try:
-                    await read_request(r)
-                except asyncio.IncompleteReadError:
-                    return
-                await asyncio.sleep(0.02)
-                w.write(ok(b"{}"))
-                await w.drain()
+            await serve(r, w)
         finally:
             open_now -= 1
 
     url = await server(handler)
-    up = Upstream(max_connections=3)
-    replies = await asyncio.gather(*(up.request("GET", f"{url}/{i}") for i in range(12)))
-    assert [r.status for r in replies] == [200] * 12
-    assert peak == 3, f"{peak} connections were open at once; the cap is 3"
-    assert up._pools[url].open <= 3
+    up = Upstream(max_connections=8)
+    # a burst of 200 concurrent requests
+    replies = await asyncio.gather(*(up.request("GET", f"{url}/{i}") for i in range(200)))
+    assert [r.status for r in replies] == [200] * 200
+    assert peak == 8, f"{peak} connections were open at once; the cap is 8"
+    assert up._pools[url].open <= 8
     await up.close()
 
 
 async def test_requests_beyond_the_cap_wait_in_arrival_order(server) -> None:  # type: ignore[no-untyped-def]
     order: list[str] = []
-
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                req = await read_request(r)
-            except asyncio.IncompleteReadError:
-                return
-            order.append(req.split(b" ")[1].decode())
-            await asyncio.sleep(0.005)
-            w.write(ok(b"{}"))
-            await w.drain()
-
-    url = await server(handler)
+    url = await server(keep_alive(0.005, lambda req: order.append(req.split(b" ")[1].decode())))
     up = Upstream(max_connections=1)
     await asyncio.gather(*(up.request("GET", f"{url}/{i}") for i in range(8)))
     assert order == [f"/{i}" for i in range(8)]
@@ -211,17 +216,7 @@ async def test_requests_beyond_the_cap_wait_in_arrival_order(server) -> None:  #
 
 
 async def test_waiting_past_the_deadline_for_a_connection_is_504(server) -> None:  # type: ignore[no-untyped-def]
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(r)
-            except asyncio.IncompleteReadError:
-                return
-            await asyncio.sleep(0.6)
-            w.write(ok(b"{}"))
-            await w.drain()
-
-    url = await server(handler)
+    url = await server(keep_alive(0.6))
     up = Upstream(max_connections=1)
     busy = asyncio.create_task(up.request("GET", f"{url}/slow"))
     await asyncio.sleep(0.05)
@@ -238,20 +233,8 @@ async def test_waiting_past_the_deadline_for_a_connection_is_504(server) -> None
 
 
 async def test_drop_fails_waiters_and_closes_the_pool(server) -> None:  # type: ignore[no-untyped-def]
-    closed = asyncio.Event()
-
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(r)
-            except asyncio.IncompleteReadError:
-                closed.set()  # the front end closed the connection
-                return
-            await asyncio.sleep(0.3)
-            w.write(ok(b"{}"))
-            await w.drain()
-
-    url = await server(handler)
+    closed = asyncio.Event()  # set when the front end closes the connection
+    url = await server(keep_alive(0.3, on_close=closed.set))
     up = Upstream(max_connections=1)
     busy = asyncio.create_task(up.request("GET", f"{url}/busy"))
     await asyncio.sleep(0.05)
