@@ -14,6 +14,8 @@ from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
+from frontend.admin import AdminApi, add_admin_routes
+from frontend.arrivals import ArrivalCounter
 from frontend.fleet import Fleet
 from frontend.protocol import ModelMetadata, decode_body, parse_infer
 from frontend.stats import sum_model_stats
@@ -59,14 +61,21 @@ class FrontEnd:
     An inference request has a deadline: its arrival plus its model's SLO latency times
     ``frontend.attempt_timeout_slo_factor``, clamped to the configured floor and ceiling.
     Each attempt (the one retry included) gets what is left of it; past it, 504.
+
+    Every inference request for a known model is counted in ``arrivals`` (per second: the
+    control loop's forecasts read them); ``inflight`` holds the requests out at each
+    instance now (a drain waits for zero). ``admin`` serves the ``/admin`` routes.
     """
 
     def __init__(self, cfg: MarkConfig, fleet: Fleet, upstream: Upstream,
-                 timings: TimingLog | None = None) -> None:
+                 timings: TimingLog | None = None, admin: AdminApi | None = None) -> None:
         self.cfg = cfg
         self.fleet = fleet
         self.upstream = upstream
         self.timings = timings or TimingLog(cfg.frontend.timing_log_size)
+        self.arrivals = ArrivalCounter([m.name for m in cfg.models])
+        self.inflight: dict[str, int] = {}
+        self.admin = admin
         self.models = {m.name: m for m in cfg.models}
         self.budget_s = {m.name: cfg.frontend.request_budget_s(m.slo_latency_ms) for m in cfg.models}
         self._where_cache: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
@@ -182,6 +191,8 @@ class FrontEnd:
 
     async def infer(self, request: Request, model: str, version: str = "") -> HTTPResponse:
         arrival = time.perf_counter()
+        if model in self.models:
+            self.arrivals.add(model)
         meta = await self.metadata(model)
         budget_s = self.budget_s[model]
         deadline = arrival + budget_s
@@ -210,6 +221,8 @@ class FrontEnd:
                     f"model {model!r}: no reply within the request's deadline ({budget_s:g} s "
                     f"after arrival); instance(s) tried: {tried}"
                 )
+            inflight = self.inflight
+            inflight[inst.id] = inflight.get(inst.id, 0) + 1
             try:
                 reply = await self.upstream.request("POST", inst.url + path, body, fwd,
                                                     timeout_s=left_s)
@@ -219,6 +232,12 @@ class FrontEnd:
                 tried.append(inst.id)
                 last = exc
                 continue
+            finally:
+                left = inflight[inst.id] - 1
+                if left:
+                    inflight[inst.id] = left
+                else:
+                    del inflight[inst.id]
             done = time.perf_counter()
             self.timings.add(RequestTiming(model, inst.id, "iaas", arrival, sent - arrival,
                                            done - sent, reply.status, len(tried) + 1))
@@ -280,6 +299,7 @@ def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
     for uri, handler, method in routes:
         app.add_route(handler, uri, methods=[method], name=f"{method}_{uri}".replace("/", "_")
                       .replace("<", "").replace(">", "").replace(":", "_"))
+    add_admin_routes(app, lambda: front.admin)
 
     @app.exception(Exception)
     async def _on_error(request: Request, exc: Exception) -> HTTPResponse:

@@ -99,6 +99,10 @@ class Fleet:
                 self.metadata[model] = ModelMetadata.from_triton(raw)
         self._rebuild()
 
+    def refresh(self) -> None:
+        """Rebuild the routers after instances' weights (``capacity_rps``) changed in place."""
+        self._rebuild()
+
     def upsert(self, inst: Instance) -> None:
         old = self.instances.get(inst.id)
         self.instances[inst.id] = inst

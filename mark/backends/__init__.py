@@ -8,6 +8,7 @@ from mark.backends.base import (
     Backend,
     ExitCallback,
     LaunchSpec,
+    NoticeCallback,
     make_backend,
     register_backend,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "FakeBackend",
     "LaunchSpec",
     "LocalBackend",
+    "NoticeCallback",
     "make_backend",
     "register_backend",
 ]

@@ -13,6 +13,16 @@ Contract:
 - ``close()`` terminates everything the backend launched.
 - An instance that dies on its own is reported through the ``on_exit`` callback the backend
   was built with.
+- A spot instance told it will be reclaimed (the cloud's interruption notice; emulated by
+  ``local`` and ``fake`` at the catalogue's rate times ``fleet.spot_interruption_scale``, or
+  on request through ``notice``) goes to state NOTICE and is reported through ``on_notice``
+  with the time (backend clock) of the reclaim; at that time the backend ends it (``on_exit``).
+- ``spec.ready_after_s`` (None: ``fleet.launch_delay_s``) is the boot the backend emulates
+  (local, fake): ``wait_ready`` does not report ready before launch + that, however fast the
+  process is. The starting fleet passes 0 (taken as already running).
+- ``spec.max_batch_size`` / ``spec.max_queue_delay_us`` (None: the model's configuration)
+  are the Triton dynamic-batching settings written into this instance's model
+  configuration; a ``profiled`` model also gets ``spec.instance_type``'s service times.
 
 Build one with :func:`make_backend` (``fleet.backend`` in the configuration); an unknown
 name is a ``ConfigError`` listing the registered ones.
@@ -36,10 +46,15 @@ class LaunchSpec:
     instance_type: str = "local"
     market: Market = Market.ON_DEMAND
     models: tuple[str, ...] = ()
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    ready_after_s: float | None = None
 
 
 #: Called with the instance and its exit code when an instance ends without being asked to.
 ExitCallback = Callable[[Instance, int], None]
+#: Called with a spot instance (now in state NOTICE) and the time it will be reclaimed.
+NoticeCallback = Callable[[Instance, float], None]
 
 
 @runtime_checkable
@@ -52,12 +67,18 @@ class Backend(Protocol):
 
     async def terminate(self, instance_id: str) -> None: ...
 
+    async def notice(self, instance_id: str) -> float:
+        """Give spot instance ``instance_id`` an interruption notice now; returns the reclaim
+        time. ``NotFound`` (naming the known ids) for an unknown one, ``Conflict`` (naming its
+        market) for an on-demand one."""
+        ...
+
     async def close(self) -> None:
         """Terminate everything this backend launched."""
         ...
 
 
-BackendFactory = Callable[[MarkConfig, ExitCallback | None], Backend]
+BackendFactory = Callable[[MarkConfig, ExitCallback | None, NoticeCallback | None], Backend]
 BACKENDS: Registry[BackendFactory] = Registry("backend")
 
 
@@ -65,6 +86,7 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     return BACKENDS.register(name)
 
 
-def make_backend(name: str, cfg: MarkConfig, on_exit: ExitCallback | None = None) -> Backend:
+def make_backend(name: str, cfg: MarkConfig, on_exit: ExitCallback | None = None,
+                 on_notice: NoticeCallback | None = None) -> Backend:
     """The backend registered as ``name``, built from the configuration."""
-    return BACKENDS.lookup(name)(cfg, on_exit)
+    return BACKENDS.lookup(name)(cfg, on_exit, on_notice)

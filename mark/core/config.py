@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mark.core.errors import ConfigError
 from mark.core.slo import DEFAULT_SLO_LATENCY_MS, DEFAULT_SLO_PERCENTILE, Slo
 
-ModelKind = Literal["minilm", "identity"]
+ModelKind = Literal["minilm", "identity", "profiled"]
 
 
 class _Strict(BaseModel):
@@ -32,6 +32,12 @@ class ModelConfig(_Strict):
         0, ge=0, description="dynamic batcher max queue delay (µs); 0 still batches under load"
     )
     torch_threads: int = Field(2, ge=1, description="intra-op threads of the model (minilm)")
+    profile: str | None = Field(
+        None,
+        description="service-time profile (a shipped name such as inception-v3, or a JSON file): "
+        "what the control loop plans with; a `profiled` model also sleeps its times per batch "
+        "on each instance type. Default: the shipped profile named like the kind (minilm)",
+    )
     capacity_rps: float = Field(
         200.0, gt=0, description="requests/s one instance sustains under the SLO (WRR weight)"
     )
@@ -63,6 +69,22 @@ class FleetConfig(_Strict):
     )
     ready_timeout_s: float = Field(300.0, gt=0, description="how long an instance may take to load")
     health_interval_s: float = Field(1.0, gt=0, description="instance health polling period (s)")
+    launch_delay_s: float = Field(
+        5.0, ge=0,
+        description="local backend: an instance launched by the control loop is ready only this "
+        "long after its launch (the cloud's boot), plus Triton's own start (s); the starting "
+        "fleet is taken as already running",
+    )
+    spot_interruption_scale: float = Field(
+        1.0, ge=0,
+        description="local/fake backends: spot instances get interruption notices at the "
+        "catalogue's rate times this (dimensionless; 0 = only on request)",
+    )
+    spot_notice_s: float | None = Field(
+        None, gt=0,
+        description="seconds from a spot interruption notice to the reclaim (default: the "
+        "catalogue's, 120 s on AWS)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FleetConfig:
@@ -136,9 +158,40 @@ class FrontendConfig(_Strict):
         return min(max(budget, self.attempt_timeout_floor_s), self.attempt_timeout_ceiling_s)
 
 
+class ControlConfig(_Strict):
+    enabled: bool = Field(
+        True, description="run the control loop (autoscaling); false keeps the starting fleet"
+    )
+    policy: str = Field(
+        "mark", description="provisioning policy: any name `mark simulate` accepts that does not "
+        "need the future (mark, mark-no-faas, sagemaker, mark-released, ...)",
+    )
+    interval_s: float = Field(10.0, gt=0, description="seconds between two policy steps")
+    spot: bool = Field(False, description="let the policy use spot instances")
+    types: list[str] | None = Field(
+        None, description="instance types the policy may launch (default: every type both the "
+        "catalogue and the model's profile know)",
+    )
+    policy_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword options of the policy (e.g. {hold_s: 60} for mark)",
+    )
+    history_s: int = Field(
+        86_400, ge=600, description="seconds of per-second arrival counts kept for the policy"
+    )
+    health_failures: int = Field(
+        3, ge=1, description="consecutive failed health checks after which an instance is "
+        "replaced",
+    )
+    decisions_kept: int = Field(
+        10_000, ge=1, description="policy steps kept for GET /admin/decisions"
+    )
+
+
 class MarkConfig(_Strict):
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     runtime_dir: Path = Field(
         Path(".runtime"), description="where model repositories and logs of instances go"

@@ -52,6 +52,13 @@ class NotFound(MarkError):
     status = 404
 
 
+class Conflict(MarkError):
+    """The request does not fit the target's current state (e.g. a spot notice for an
+    on-demand instance)."""
+
+    status = 409
+
+
 class PayloadTooLarge(MarkError):
     status = 413
 

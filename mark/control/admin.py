@@ -1,0 +1,57 @@
+"""The control plane's side of the admin API (:class:`frontend.admin.AdminApi`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mark.backends.base import Backend
+from mark.control.loop import ControlLoop
+from mark.core.errors import NotFound
+from mark.core.instances import InstanceState
+
+
+class ControlAdmin:
+    """Fleet, cost and decisions from the control loop; drains and notices through it."""
+
+    def __init__(self, loop: ControlLoop, backend: Backend) -> None:
+        self.loop = loop
+        self.backend = backend
+
+    def _known(self, instance_id: str) -> None:
+        if instance_id not in self.loop.fleet.instances:
+            raise NotFound(f"unknown instance {instance_id!r}; known ids: "
+                           f"{sorted(self.loop.fleet.instances)}")
+
+    async def fleet(self) -> list[dict[str, Any]]:
+        loop = self.loop
+        now = loop.clock.now()
+        out = []
+        for i in loop.fleet.instances.values():
+            if i.state == InstanceState.TERMINATED:
+                continue
+            out.append({
+                "id": i.id, "url": i.url, "model": i.models[0] if len(i.models) == 1 else
+                list(i.models), "instance_type": i.instance_type, "market": i.market.value,
+                "state": i.state.value, "weight": i.capacity_rps,
+                "launched_at": round(i.launched_at_s - loop.epoch, 3),
+                "ready_at": None if i.ready_at_s is None else round(i.ready_at_s - loop.epoch, 3),
+                "cost_usd": round(loop.ledger.cost_of(i.id, now), 6),
+            })
+        return out
+
+    async def drain(self, instance_id: str) -> dict[str, Any]:
+        self._known(instance_id)
+        self.loop._spawn(self.loop.drain(instance_id, "drain requested"))
+        return {"id": instance_id, "state": InstanceState.DRAINING.value}
+
+    async def notice(self, instance_id: str) -> dict[str, Any]:
+        self._known(instance_id)
+        at = await self.backend.notice(instance_id)  # Conflict for on-demand ones
+        return {"id": instance_id, "state": InstanceState.NOTICE.value,
+                "reclaim_at": round(at - self.loop.epoch, 3)}
+
+    async def cost(self) -> dict[str, float]:
+        return {k: round(v, 6) for k, v in self.loop.ledger.totals(self.loop.clock.now()).items()}
+
+    async def decisions(self, since: float) -> list[dict[str, Any]]:
+        return self.loop.decisions_since(since)

@@ -1,0 +1,20 @@
+"""Per-model controls for a configuration (the policy objects ``mark simulate`` builds)."""
+
+from __future__ import annotations
+
+from mark.control.loop import ModelControl
+from mark.control.planning import build_policy, initial_serving, policy_context
+from mark.core.catalogue import Catalogue
+from mark.core.config import MarkConfig
+
+
+def build_controls(cfg: MarkConfig, catalogue: Catalogue | None = None
+                   ) -> dict[str, ModelControl]:
+    """One :class:`ModelControl` per configured model: context, policy, initial plan."""
+    out = {}
+    for m in cfg.models:
+        ctx = policy_context(cfg, m, catalogue)
+        policy = build_policy(cfg.control.policy, ctx, cfg.control.interval_s,
+                              cfg.control.policy_options)
+        out[m.name] = ModelControl(m.name, policy, ctx, initial_serving(policy, ctx))
+    return out

@@ -1,0 +1,124 @@
+"""What the control loop plans with: one policy context and one policy per model.
+
+The very objects ``mark simulate`` builds (:func:`provisioner.make_policy` over a
+:class:`~provisioner.PolicyContext`): the catalogue, the model's profile, its SLO, the
+configured types and markets. Two things differ from a simulation and are configuration,
+not a fork of the policy:
+
+- where the backend emulates the cloud on this machine (``local``, ``fake``), every type's
+  launch delay is the emulated boot (``fleet.launch_delay_s``) plus Triton's start, so the
+  plan expects new capacity when it really comes;
+- until the FaaS path exists the live service cannot spill, so policies that take a
+  ``spill`` option get ``spill=False`` (FaaS unavailable, as ``mark-no-faas`` plans), and
+  FaaS-only policies (``lambda``, ``batch``) and policies that need the future
+  (``oracle``) are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import replace
+from typing import Any
+
+from mark.core.catalogue import Catalogue, load_catalogue
+from mark.core.config import MarkConfig, ModelConfig
+from mark.core.errors import ConfigError
+from mark.core.instances import Market
+from mark.core.profiles import Profile, load_profile
+from provisioner import POLICIES, PolicyContext, ProvisioningPolicy, ServingPlan, make_policy
+from provisioner.serving import default_serving_plan
+
+#: Seconds Triton with the Python backend takes to load a model here, added to the
+#: emulated boot in the plan's launch delay.
+TRITON_START_S = 3.0
+#: Backends that emulate the cloud's boot on this machine.
+EMULATING_BACKENDS = frozenset({"local", "fake"})
+_FUTURE = frozenset({"oracle"})
+
+
+def planning_catalogue(cfg: MarkConfig, catalogue: Catalogue | None = None) -> Catalogue:
+    """The catalogue with the launch delays this deployment really has."""
+    cat = catalogue or load_catalogue()
+    if cfg.fleet.backend not in EMULATING_BACKENDS:
+        return cat
+    delay = cfg.fleet.launch_delay_s + (TRITON_START_S if cfg.fleet.backend == "local" else 0.0)
+    return replace(cat, instances={n: replace(t, launch_delay_s=delay)
+                                   for n, t in cat.instances.items()})
+
+
+def model_profile(model: ModelConfig) -> Profile:
+    """The profile a model is planned with: its ``profile``, else the one named like its
+    kind (``minilm``); ConfigError naming the field for a kind without one."""
+    name = model.profile or (model.kind if model.kind == "minilm" else None)
+    if name is None:
+        raise ConfigError(f"model {model.name!r} (kind {model.kind}) has no profile to plan "
+                          "with: set models[].profile (e.g. inception-v3) or control.enabled: "
+                          "false")
+    return load_profile(name)
+
+
+def policy_context(cfg: MarkConfig, model: ModelConfig,
+                   catalogue: Catalogue | None = None) -> PolicyContext:
+    types = tuple(cfg.control.types) if cfg.control.types else None
+    return PolicyContext(planning_catalogue(cfg, catalogue), model_profile(model), model.slo,
+                         cfg.control.spot, types)
+
+
+def build_policy(name: str, ctx: PolicyContext, interval_s: float,
+                 options: dict[str, Any] | None = None,
+                 faas: bool = False) -> ProvisioningPolicy:
+    """The registered policy ``name`` for live control (see the module docstring)."""
+    factory = POLICIES.lookup(name)
+    if name in _FUTURE or bool(getattr(factory, "search_space", None)):
+        raise ConfigError(f"control.policy {name!r} needs the future (a hindsight plan); the "
+                          f"live loop can run: {_live_names()}")
+    kw = dict(options or {})
+    params = _params(factory)
+    if "interval_s" in params or "**" in params:
+        kw.setdefault("interval_s", interval_s)
+    if not faas and ("spill" in params or "**" in params):
+        kw.setdefault("spill", False)
+    try:
+        policy = make_policy(name, ctx, **kw)
+    except TypeError as exc:
+        raise ConfigError(f"control.policy_options for {name!r}: {exc}") from exc
+    serving = getattr(policy, "serving", None)
+    if not faas and isinstance(serving, ServingPlan) and not serving.types:
+        raise ConfigError(f"control.policy {name!r} serves from FaaS only, which the live "
+                          f"service cannot use yet; choose one of {_live_names()}")
+    return policy
+
+
+def initial_serving(policy: ProvisioningPolicy, ctx: PolicyContext) -> ServingPlan:
+    """The serving plan before the policy's first decision (its own, else the default)."""
+    serving = getattr(policy, "serving", None)
+    return serving if isinstance(serving, ServingPlan) else default_serving_plan(ctx)
+
+
+def cheapest_type(ctx: PolicyContext, plan: ServingPlan, market: Market = Market.ON_DEMAND,
+                  prefer: str | None = None) -> str:
+    """``prefer`` when the plan serves it, else the type cheapest per request at capacity."""
+    if prefer is not None and prefer in plan.types:
+        return prefer
+    if not plan.types:
+        raise ConfigError("no instance type of the profile can meet the SLO")
+    return min(plan.types, key=lambda t: ctx.price_usd_per_h(t, market)
+               / plan.types[t].capacity_rps)
+
+
+def types_by_cost(ctx: PolicyContext, plan: ServingPlan, market: Market) -> list[str]:
+    """The plan's types, cheapest per request at capacity first."""
+    return sorted(plan.types, key=lambda t: ctx.price_usd_per_h(t, market)
+                  / plan.types[t].capacity_rps)
+
+
+def _params(factory: Any) -> set[str]:
+    fn = factory.__init__ if inspect.isclass(factory) else factory
+    out = set()
+    for p in inspect.signature(fn).parameters.values():
+        out.add("**" if p.kind == p.VAR_KEYWORD else p.name)
+    return out
+
+
+def _live_names() -> list[str]:
+    return [n for n in sorted(POLICIES) if n not in _FUTURE | {"lambda", "batch"}]
