@@ -85,7 +85,8 @@ def add_admin_routes(app: Sanic[Any, Any], get_admin: Any) -> None:
         return admin
 
     def dumps(doc: Any, status: int = 200) -> HTTPResponse:
-        return response.raw(orjson.dumps(doc), status=status, content_type="application/json")
+        body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        return response.raw(body, status=status, content_type="application/json")
 
     async def fleet(request: Request) -> HTTPResponse:
         return dumps(await admin_of(request).fleet())

@@ -32,6 +32,7 @@ class Fleet:
         self.on_change: Callable[[Fleet], None] | None = None
         self.on_leave: list[Callable[[Instance], None]] = []
         self.snapshot_seq = 0  # of the last snapshot written (control plane) or applied (worker)
+        self.admin_url = ""  # the control plane's private admin address (for workers)
 
     def _left(self, inst: Instance) -> None:
         for callback in self.on_leave:
@@ -52,6 +53,7 @@ class Fleet:
         """The fleet as JSON-able data; ``seq`` numbers it (followers apply each new one)."""
         return {
             "seq": seq,
+            "admin_url": self.admin_url,
             "instances": [
                 {"id": i.id, "url": i.url, "instance_type": i.instance_type,
                  "market": i.market.value, "state": i.state.value,
@@ -77,6 +79,7 @@ class Fleet:
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         """Adopt the control plane's view; local UNHEALTHY marks stand until it changes."""
         self.snapshot_seq = int(snap.get("seq", 0))
+        self.admin_url = str(snap.get("admin_url", ""))
         fresh: dict[str, Instance] = {}
         for d in snap["instances"]:
             state = InstanceState(d["state"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import uvloop
 
+from frontend.admin import ProxyAdmin
 from frontend.app import FrontEnd, create_app
+from frontend.arrivals import write_report
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
 from mark.core.config import MarkConfig
@@ -40,6 +43,22 @@ async def recheck_unhealthy(fleet: Fleet, upstream: Upstream, every_s: float) ->
             trusted = inst.extra.get("remote_state") == InstanceState.READY.value
             if trusted and await upstream.healthy(inst.url):
                 fleet.set_state(inst.id, InstanceState.READY, "health check passed")
+
+
+async def report(front: FrontEnd, path: Path, period_s: float = 0.25) -> None:
+    """Publish this worker's arrival counts, in-flight requests and applied snapshot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        while True:
+            try:
+                await asyncio.to_thread(write_report, path, front.arrivals,
+                                        front.fleet.snapshot_seq, dict(front.inflight))
+            except OSError as exc:
+                log.warning("cannot write worker report %s: %s", path, exc)
+            await asyncio.sleep(period_s)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # gone with this worker
 
 
 async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
@@ -61,12 +80,15 @@ async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
         await asyncio.sleep(period_s)
 
 
-async def serve(cfg: MarkConfig, fleet_path: Path, fd: int) -> None:
+async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None = None) -> None:
     fleet = Fleet([m.name for m in cfg.models])
     upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
                         cfg.frontend.upstream_timeout_s, cfg.frontend.max_connections_per_instance)
     fleet.apply_snapshot(json.loads(await asyncio.to_thread(fleet_path.read_text)))
-    app = create_app(FrontEnd(cfg, fleet, upstream))
+    front = FrontEnd(cfg, fleet, upstream)
+    if fleet.admin_url:
+        front.admin = ProxyAdmin(fleet.admin_url, upstream)
+    app = create_app(front)
     sock = socket.socket(fileno=fd)
     server = await app.create_server(sock=sock, return_asyncio_server=True)
     assert server is not None
@@ -74,10 +96,14 @@ async def serve(cfg: MarkConfig, fleet_path: Path, fd: int) -> None:
     await server.before_start()
     await server.after_start()
     checker = asyncio.create_task(recheck_unhealthy(fleet, upstream, cfg.fleet.health_interval_s))
+    reporter = (asyncio.create_task(report(front, reports / f"{os.getpid()}.json"))
+                if reports is not None else None)
     try:
         await follow(fleet, fleet_path)
     finally:
         checker.cancel()
+        if reporter is not None:
+            reporter.cancel()
 
 
 def main() -> None:
@@ -85,11 +111,12 @@ def main() -> None:
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--fleet", required=True)
     ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--reports", help="directory for this worker's report (counts, in flight)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{os.getpid()}: %(message)s")
     cfg = MarkConfig.model_validate_json(args.config_json)
-    uvloop.run(serve(cfg, Path(args.fleet), args.fd))
+    uvloop.run(serve(cfg, Path(args.fleet), args.fd, Path(args.reports) if args.reports else None))
 
 
 if __name__ == "__main__":

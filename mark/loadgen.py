@@ -56,6 +56,7 @@ class LoadResult:
     spilled: int = 0
     sent: int = 0
     elapsed_s: float = 0.0
+    cost_usd: float | None = None  # the front end's cost ledger's increase over the run
 
     @property
     def ok(self) -> int:
@@ -77,6 +78,7 @@ class LoadResult:
             "throughput_rps": self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0,
             "latency_ms": self.percentiles_ms(),
             "spill_share": self.spilled / self.ok if self.ok else 0.0,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
         }
 
     def table(self) -> str:
@@ -118,6 +120,17 @@ class LoadClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._session.close()
+
+    async def cost_usd(self) -> float | None:
+        """The front end's total cost so far (``GET /admin/cost``); None where there is none
+        (Triton itself, an admin API this client may not use)."""
+        try:
+            async with self._session.get(f"{self.url}/admin/cost") as r:
+                if r.status != 200:
+                    return None
+                return float((await r.json())["total"])
+        except (TimeoutError, aiohttp.ClientError, KeyError, TypeError, ValueError):
+            return None
 
     async def one(self, result: LoadResult) -> None:
         result.sent += 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mark.cluster import ClusterThread
-from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,7 @@ def main_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTh
     """Three instances serving the real model and the tiny one, WRR weights 1:2:3."""
     cfg = MarkConfig(
         models=[ModelConfig(), ModelConfig(name="identity", kind="identity")],
+        control=ControlConfig(enabled=False),
         fleet=FleetConfig(instances=3, weights=MAIN_WEIGHTS),
         frontend=FrontendConfig(port=0, max_body_bytes=MAX_BODY),
         runtime_dir=tmp_path_factory.mktemp("main-cluster"),
@@ -39,6 +40,7 @@ def empty_frontend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
     """A front end whose model has no instance at all."""
     cfg = MarkConfig(
         models=[ModelConfig(name="identity", kind="identity")],
+        control=ControlConfig(enabled=False),
         fleet=FleetConfig(instances=0),
         frontend=FrontendConfig(port=0, workers=1),
         runtime_dir=tmp_path_factory.mktemp("empty"),

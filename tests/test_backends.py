@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from mark.backends import BACKENDS, Backend, FakeBackend, LaunchSpec, LocalBackend, make_backend
 from mark.cluster import LocalCluster
 from mark.core.clock import VirtualClock
-from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 from mark.core.errors import ConfigError, ServiceUnavailable
 from mark.core.instances import Instance, InstanceState, Market
 
 
 def test_registry_builds_each_backend_and_names_them_on_a_miss(tmp_path) -> None:
     assert {"fake", "local"} <= set(BACKENDS)
-    cfg = MarkConfig(runtime_dir=tmp_path, models=[ModelConfig(name="identity", kind="identity")])
+    cfg = MarkConfig(runtime_dir=tmp_path, models=[ModelConfig(name="identity", kind="identity")],
+                     control=ControlConfig(enabled=False))
     fake = make_backend("fake", cfg)
     assert isinstance(fake, FakeBackend) and isinstance(fake, Backend)
     assert isinstance(make_backend("local", cfg), LocalBackend)
@@ -44,14 +47,24 @@ async def test_fake_keeps_the_contract() -> None:
 
 
 async def test_fake_readiness_follows_its_delay() -> None:
-    b = FakeBackend(ready_delay_s=30.0, clock=VirtualClock())
-    inst = await b.launch(LaunchSpec())
+    clock = VirtualClock()
+    b = FakeBackend(ready_delay_s=30.0, clock=clock)
+    slow = await b.launch(LaunchSpec())
+    fast = await b.launch(LaunchSpec(ready_after_s=3.0))
+    waits = [asyncio.create_task(b.wait_ready(i.id, 5.0)) for i in (slow, fast)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waits)  # nothing is ready before its time
+    clock.advance_to(10.0)  # a late look: ready at launch + 3 s, not when seen
+    await asyncio.sleep(0)
+    assert (await waits[1]).ready_at_s == 3.0
     with pytest.raises(ServiceUnavailable, match="not ready within 5 s"):
-        await b.wait_ready(inst.id, 5.0)
+        await waits[0]
+    assert slow.id in b.terminated
 
 
 async def test_cluster_takes_its_backend_from_the_configuration(tmp_path) -> None:
     cfg = MarkConfig(models=[ModelConfig(name="identity", kind="identity")],
+                     control=ControlConfig(enabled=False),
                      fleet=FleetConfig(backend="fake", instances=2),
                      frontend=FrontendConfig(port=0, workers=1), runtime_dir=tmp_path)
     cluster = LocalCluster(cfg)

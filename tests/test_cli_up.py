@@ -50,7 +50,7 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cfg = tmp_path / "mark.yaml"
     cfg.write_text(
-        "models:\n  - {name: identity, kind: identity}\n"
+        "models:\n  - {name: identity, kind: identity}\ncontrol: {enabled: false}\n"
         f"fleet: {{instances: 2}}\nruntime_dir: {tmp_path / 'rt'}\n"
     )
     proc = subprocess.Popen(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from mark.cluster import ClusterThread
-from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 from mark.loadgen import LoadClient
 
 pytestmark = pytest.mark.triton
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.triton
 def two_instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
     cfg = MarkConfig(
         models=[ModelConfig(name="identity", kind="identity")],
+        control=ControlConfig(enabled=False),
         fleet=FleetConfig(instances=2, health_interval_s=0.5),
         frontend=FrontendConfig(port=0),
         runtime_dir=tmp_path_factory.mktemp("failover"),

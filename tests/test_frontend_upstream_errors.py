@@ -16,7 +16,7 @@ import pytest
 
 from frontend.protocol import ModelMetadata
 from mark.cluster import ClusterThread
-from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 from mark.core.instances import Instance, InstanceState, Market
 
 META = {"name": "identity", "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 16]}],
@@ -30,6 +30,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
     # one process: the tests edit this process's fleet directly (with no local instance,
     # workers="auto" would start a second front-end process that only follows a snapshot)
     cfg = MarkConfig(models=[ModelConfig(name="identity", kind="identity")],
+                     control=ControlConfig(enabled=False),
                      fleet=FleetConfig(instances=0, health_interval_s=3600),
                      frontend=FrontendConfig(port=0, workers=1, attempt_timeout_slo_factor=1.0,
                                              attempt_timeout_floor_s=0.1,

@@ -14,7 +14,7 @@ import pytest
 from frontend.fleet import Fleet
 from frontend.worker import follow
 from mark.cluster import ClusterThread
-from mark.core.config import FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
 from mark.core.instances import Instance, InstanceState, Market
 
 BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
@@ -102,6 +102,7 @@ def _cpu_ticks(pid: int) -> int:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
     cfg = MarkConfig(models=[ModelConfig(name="identity", kind="identity")],
+                     control=ControlConfig(enabled=False),
                      fleet=FleetConfig(instances=1),
                      frontend=FrontendConfig(port=0, workers=2),
                      runtime_dir=tmp_path_factory.mktemp("workers"))

@@ -17,6 +17,17 @@ Ports: :func:`free_port` never hands the same port out twice in one process (unt
 :func:`release_port`), so concurrent launches cannot collide with each other; and an
 instance whose Triton exits while starting because something else took its port meanwhile
 is relaunched on another port (at most ``_PORT_RETRIES`` times).
+
+The cloud, emulated: each launch gets the model repository of its variant (instance type,
+batching settings; see :func:`mark.models.repository.variant_repository`), so a ``profiled``
+model takes its instance type's service times. ``wait_ready`` reports READY no earlier than
+``launched_at + ready_after`` (the spec's ``ready_after_s``, else ``launch_delay_s``: the
+boot a cloud instance takes) and never before Triton itself is ready. A SPOT instance of a
+type the catalogue prices gets an interruption notice after an exponential time at the
+catalogue's interruption rate times ``spot_interruption_scale`` (or when ``notice`` asks):
+its state becomes NOTICE, ``on_notice(instance, reclaim_at)`` is told, and at ``reclaim_at``
+(``spot_notice_s`` later, default the catalogue's notice) its processes are killed and
+``on_exit`` is told. All times are on the backend's clock.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -36,12 +48,13 @@ from typing import BinaryIO
 
 import aiohttp
 
-from mark.backends.base import ExitCallback, LaunchSpec, register_backend
+from mark.backends.base import ExitCallback, LaunchSpec, NoticeCallback, register_backend
+from mark.core.catalogue import Catalogue, SpotModel, load_catalogue
 from mark.core.clock import Clock, WallClock
 from mark.core.config import MarkConfig, ModelConfig
-from mark.core.errors import ServiceUnavailable
+from mark.core.errors import ConfigError, Conflict, NotFound, ServiceUnavailable
 from mark.core.instances import Instance, InstanceState, Market
-from mark.models.repository import write_model_repository
+from mark.models.repository import variant_repository
 from mark.triton_dist import prepare_triton
 
 log = logging.getLogger(__name__)
@@ -105,7 +118,14 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 class LocalBackend:
-    """Launch Triton processes serving ``models`` from a repository under ``runtime_dir``."""
+    """Launch Triton processes serving ``models`` from repositories under ``runtime_dir``.
+
+    ``launch_delay_s``: the emulated boot of a launch whose spec leaves ``ready_after_s``
+    unset (0 here; the ``local`` factory passes ``fleet.launch_delay_s``).
+    ``spot_interruption_scale`` multiplies the catalogue's spot interruption rates (0: notices
+    only on request); ``spot_notice_s`` is the time from a notice to the reclaim (None: the
+    catalogue's). ``seed`` seeds the draws of interruption times.
+    """
 
     name = "local"
 
@@ -116,19 +136,40 @@ class LocalBackend:
         clock: Clock | None = None,
         on_exit: ExitCallback | None = None,
         host: str = "127.0.0.1",
+        *,
+        on_notice: NoticeCallback | None = None,
+        launch_delay_s: float = 0.0,
+        spot_interruption_scale: float = 1.0,
+        spot_notice_s: float | None = None,
+        catalogue: Catalogue | None = None,
+        seed: int | None = None,
     ) -> None:
+        if launch_delay_s < 0 or spot_interruption_scale < 0:
+            raise ConfigError(f"launch_delay_s ({launch_delay_s}) and spot_interruption_scale "
+                              f"({spot_interruption_scale}) must be >= 0")
+        if spot_notice_s is not None and spot_notice_s <= 0:
+            raise ConfigError(f"spot_notice_s must be > 0 (got {spot_notice_s})")
         self.runtime_dir = Path(runtime_dir).resolve()
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.models = list(models)
         self.clock = clock or WallClock()
         self.on_exit = on_exit
+        self.on_notice = on_notice
         self.host = host
+        self.launch_delay_s = launch_delay_s
+        self.spot_interruption_scale = spot_interruption_scale
+        self.spot_notice_s = spot_notice_s
+        self.catalogue = catalogue or load_catalogue()
+        self._rng = random.Random(seed)
         self._dist = prepare_triton(self.runtime_dir)
-        self._repo = write_model_repository(self.runtime_dir / "model_repository", self.models)
+        self._repos_root = self.runtime_dir / "model_repository"
         self._ids = itertools.count(1)
         self._instances: dict[str, Instance] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        # per instance: the pending interruption (spot) and the pending reclaim (after a notice)
+        self._interruptions: dict[str, asyncio.Task[None]] = {}
+        self._reclaims: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -140,9 +181,29 @@ class LocalBackend:
         proc = self._procs.get(instance_id)
         return proc.pid if proc else None
 
+    def _models_of(self, spec: LaunchSpec) -> list[ModelConfig]:
+        if not spec.models:
+            return self.models
+        by_name = {m.name: m for m in self.models}
+        unknown = [n for n in spec.models if n not in by_name]
+        if unknown:
+            raise ConfigError(f"launch asks for unknown models {unknown}; this backend serves "
+                              f"{sorted(by_name)}")
+        return [by_name[n] for n in spec.models]
+
     async def launch(self, spec: LaunchSpec) -> Instance:
+        """Start an instance of ``spec``; ``ConfigError`` before anything starts when its
+        models cannot be laid out for it (e.g. a ``profiled`` model's profile lacks the type)."""
+        if spec.ready_after_s is not None and spec.ready_after_s < 0:
+            raise ConfigError(f"ready_after_s must be >= 0 (got {spec.ready_after_s})")
+        models = self._models_of(spec)
+        repo = await asyncio.to_thread(
+            variant_repository, self._repos_root, models, spec.instance_type,
+            spec.max_batch_size, spec.max_queue_delay_us,
+        )
         iid = f"local-{os.getpid()}-{next(self._ids)}"
         log_path = self.runtime_dir / "logs" / f"{iid}.log"
+        ready_after = self.launch_delay_s if spec.ready_after_s is None else spec.ready_after_s
         inst = Instance(
             id=iid,
             url="",
@@ -150,13 +211,16 @@ class LocalBackend:
             market=spec.market if isinstance(spec.market, Market) else Market(spec.market),
             state=InstanceState.PENDING,
             launched_at_s=self.clock.now(),
-            models=spec.models or tuple(m.name for m in self.models),
-            extra={"log": str(log_path)},
+            models=tuple(m.name for m in models),
+            extra={"log": str(log_path), "repository": str(repo), "ready_after_s": ready_after},
         )
         self._instances[iid] = inst
         proc = await self._start(inst)
         self._watchers[iid] = asyncio.create_task(self._watch(inst))
-        log.info("launched %s pid=%d at %s (log %s)", iid, proc.pid, inst.url, log_path)
+        log.info("launched %s (%s, %s) pid=%d at %s (log %s)", iid, inst.instance_type,
+                 inst.market.value, proc.pid, inst.url, log_path)
+        if inst.market == Market.SPOT:
+            self._schedule_interruption(inst)
         return inst
 
     async def _start(self, inst: Instance) -> asyncio.subprocess.Process:
@@ -165,7 +229,7 @@ class LocalBackend:
         logf = await asyncio.to_thread(_open_log, Path(inst.extra["log"]))
         args = [
             str(self._dist.binary),
-            f"--model-repository={self._repo}",
+            f"--model-repository={inst.extra['repository']}",
             f"--backend-directory={self._dist.backend_dir}",
             f"--cache-directory={self._dist.cache_dir}",
             f"--http-address={self.host}",
@@ -225,6 +289,9 @@ class LocalBackend:
             break
         was = inst.state
         inst.state = InstanceState.TERMINATED
+        if inst.ended_at_s is None:
+            inst.ended_at_s = self.clock.now()
+        self._cancel_timers(inst.id)
         if was != InstanceState.TERMINATED:
             log.warning("instance %s exited with code %s (state was %s)", inst.id, code, was.value)
             if self.on_exit is not None:
@@ -237,37 +304,138 @@ class LocalBackend:
             return ""
         return "\n".join(lines[-n:])
 
+    def _get(self, instance_id: str) -> Instance:
+        inst = self._instances.get(instance_id)
+        if inst is None:
+            raise NotFound(f"unknown instance {instance_id!r}; known: {sorted(self._instances)}")
+        return inst
+
+    async def _triton_ready(self, inst: Instance) -> bool:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with self._http().get(f"{inst.url}/v2/health/ready") as resp:
+                return resp.status == 200
+        return False
+
+    def _not_ready(self, inst: Instance, why: str) -> ServiceUnavailable:
+        return ServiceUnavailable(f"instance {inst.id} {why}; log tail:\n" + self._log_tail(inst))
+
     async def wait_ready(self, instance_id: str, timeout_s: float) -> Instance:
-        inst = self._instances[instance_id]
+        """Wait until Triton is ready and the emulated boot (``launched_at + ready_after``) is
+        over; then the instance is READY (unless a notice came first: it stays NOTICE).
+        ``ServiceUnavailable`` (and the instance terminated) when that is not within
+        ``timeout_s``, or when the instance ends first."""
+        inst = self._get(instance_id)
         deadline = self.clock.now() + timeout_s
-        while True:
+        ready_at = inst.launched_at_s + float(inst.extra.get("ready_after_s", 0.0))
+        while not await self._triton_ready(inst):
             if inst.state == InstanceState.TERMINATED:
-                raise ServiceUnavailable(
-                    f"instance {instance_id} exited before it was ready; log tail:\n"
-                    + self._log_tail(inst)
-                )
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with self._http().get(f"{inst.url}/v2/health/ready") as resp:
-                    if resp.status == 200:
-                        inst.state = InstanceState.READY
-                        inst.ready_at_s = self.clock.now()
-                        log.info("instance %s ready after %.1f s", instance_id,
-                                 inst.ready_at_s - inst.launched_at_s)
-                        return inst
+                raise self._not_ready(inst, "exited before it was ready")
             if self.clock.now() > deadline:
                 await self.terminate(instance_id)
-                raise ServiceUnavailable(
-                    f"instance {instance_id} not ready within {timeout_s:.0f} s; log tail:\n"
-                    + self._log_tail(inst)
-                )
-            await asyncio.sleep(0.2)
+                raise self._not_ready(inst, f"not ready within {timeout_s:g} s")
+            await asyncio.sleep(0.1)
+        if ready_at > deadline:
+            await self._sleep_while_alive(inst, deadline)
+            await self.terminate(instance_id)
+            raise self._not_ready(inst, f"not ready within {timeout_s:g} s (its emulated boot "
+                                  f"takes {ready_at - inst.launched_at_s:g} s)")
+        await self._sleep_while_alive(inst, ready_at)
+        if inst.state == InstanceState.TERMINATED:
+            raise self._not_ready(inst, "ended before it was ready")
+        if inst.state == InstanceState.PENDING:
+            inst.state = InstanceState.READY
+        inst.ready_at_s = self.clock.now()
+        log.info("instance %s ready after %.1f s", instance_id,
+                 inst.ready_at_s - inst.launched_at_s)
+        return inst
+
+    async def _sleep_while_alive(self, inst: Instance, t_s: float) -> None:
+        """Sleep until ``t_s`` on the clock, or until ``inst``'s process has ended for good."""
+        sleeper = asyncio.ensure_future(self.clock.sleep_until(t_s))
+        watcher = self._watchers.get(inst.id)
+        try:
+            await asyncio.wait([sleeper] if watcher is None else [sleeper, watcher],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+
+    def _spot_model(self, instance_type: str) -> SpotModel | None:
+        itype = self.catalogue.instances.get(instance_type)
+        return itype.spot if itype is not None else None
+
+    def _schedule_interruption(self, inst: Instance) -> None:
+        spot = self._spot_model(inst.instance_type)
+        rate = spot.interruption_rate_per_s * self.spot_interruption_scale if spot else 0.0
+        if rate <= 0:
+            return
+        at = inst.launched_at_s + self._rng.expovariate(rate)
+        inst.extra["interruption_at_s"] = at
+        self._interruptions[inst.id] = asyncio.create_task(self._interrupt(inst, at))
+
+    async def _interrupt(self, inst: Instance, at: float) -> None:
+        await self.clock.sleep_until(at)
+        if inst.state == InstanceState.TERMINATED or "reclaim_at_s" in inst.extra:
+            return
+        try:
+            await self.notice(inst.id)
+        except Exception:
+            log.exception("interruption notice for %s failed", inst.id)
+
+    async def notice(self, instance_id: str) -> float:
+        inst = self._instances.get(instance_id)
+        if inst is None or inst.state == InstanceState.TERMINATED:
+            live = sorted(i for i, x in self._instances.items()
+                          if x.state != InstanceState.TERMINATED)
+            raise NotFound(f"no live instance {instance_id!r}; live: {live}")
+        if inst.market != Market.SPOT:
+            raise Conflict(f"instance {instance_id} is {inst.market.value}: only spot "
+                           "instances get interruption notices")
+        if "reclaim_at_s" in inst.extra:
+            return float(inst.extra["reclaim_at_s"])
+        spot = self._spot_model(inst.instance_type)
+        if spot is None:
+            raise Conflict(
+                f"instance {instance_id} is of type {inst.instance_type!r}, which has no spot "
+                f"market in the catalogue (types: {sorted(self.catalogue.instances)}), so it "
+                "cannot be given an interruption notice"
+            )
+        at = self.clock.now() + (self.spot_notice_s or spot.notice_s)
+        inst.extra["reclaim_at_s"] = at
+        inst.state = InstanceState.NOTICE
+        pending = self._interruptions.pop(instance_id, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+        self._reclaims[instance_id] = asyncio.create_task(self._reclaim(inst, at))
+        log.warning("instance %s: spot interruption notice; reclaimed at %.1f", instance_id, at)
+        if self.on_notice is not None:
+            self.on_notice(inst, at)
+        return at
+
+    async def _reclaim(self, inst: Instance, at: float) -> None:
+        await self.clock.sleep_until(at)
+        proc = self._procs.get(inst.id)
+        if inst.state == InstanceState.TERMINATED or proc is None:
+            return
+        log.warning("instance %s: reclaimed (spot)", inst.id)
+        # the machine goes away: no graceful shutdown; the watcher reaps it and tells on_exit
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def _cancel_timers(self, instance_id: str) -> None:
+        current = asyncio.current_task()
+        for timers in (self._interruptions, self._reclaims):
+            task = timers.pop(instance_id, None)
+            if task is not None and task is not current:
+                task.cancel()
 
     async def terminate(self, instance_id: str) -> None:
         inst = self._instances.get(instance_id)
         proc = self._procs.get(instance_id)
         if inst is None or proc is None:
             return
-        inst.state = InstanceState.TERMINATED
+        self._cancel_timers(instance_id)
+        if inst.state != InstanceState.TERMINATED:
+            inst.state, inst.ended_at_s = InstanceState.TERMINATED, self.clock.now()
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -287,11 +455,20 @@ class LocalBackend:
         log.info("terminated %s", instance_id)
 
     async def close(self) -> None:
+        timers = [*self._interruptions.values(), *self._reclaims.values()]
+        for iid in list(self._instances):
+            self._cancel_timers(iid)
+        await asyncio.gather(*timers, return_exceptions=True)
         await asyncio.gather(*(self.terminate(i) for i in list(self._procs)))
         if self._session is not None:
             await self._session.close()
 
 
 @register_backend("local")
-def _local(cfg: MarkConfig, on_exit: ExitCallback | None) -> LocalBackend:
-    return LocalBackend(cfg.runtime_dir, cfg.models, on_exit=on_exit)
+def _local(cfg: MarkConfig, on_exit: ExitCallback | None,
+           on_notice: NoticeCallback | None) -> LocalBackend:
+    f = cfg.fleet
+    return LocalBackend(cfg.runtime_dir, cfg.models, on_exit=on_exit, on_notice=on_notice,
+                        launch_delay_s=f.launch_delay_s,
+                        spot_interruption_scale=f.spot_interruption_scale,
+                        spot_notice_s=f.spot_notice_s)

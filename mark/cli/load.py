@@ -58,9 +58,15 @@ async def _drive(args: argparse.Namespace) -> LoadResult:
     from mark.loadgen import LoadClient
 
     async with LoadClient(args.url, args.model, timeout_s=args.timeout) as client:
+        before = await client.cost_usd()
         if args.concurrency is not None:
-            return await client.closed_loop(args.concurrency, args.duration)
-        return await client.open_loop(arrivals(args))
+            result = await client.closed_loop(args.concurrency, args.duration)
+        else:
+            result = await client.open_loop(arrivals(args))
+        after = await client.cost_usd()
+        if before is not None and after is not None:
+            result.cost_usd = after - before
+        return result
 
 
 def run(args: argparse.Namespace) -> int:

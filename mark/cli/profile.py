@@ -62,7 +62,8 @@ async def measure(model: str, cfg_path: str | None, batches: list[int], repeats:
     with tempfile.TemporaryDirectory(prefix="mark-profile-") as tmp:
         backend = LocalBackend(Path(tmp), [mcfg])
         try:
-            inst = await backend.launch(LaunchSpec(instance_type=instance_type, models=(model,)))
+            inst = await backend.launch(LaunchSpec(instance_type=instance_type, models=(model,),
+                                                   ready_after_s=0.0))
             await backend.wait_ready(inst.id, cfg.fleet.ready_timeout_s)
             base = f"{inst.url}/v2/models/{model}"
             async with aiohttp.ClientSession() as http:

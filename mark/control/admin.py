@@ -32,7 +32,7 @@ class ControlAdmin:
             out.append({
                 "id": i.id, "url": i.url, "model": i.models[0] if len(i.models) == 1 else
                 list(i.models), "instance_type": i.instance_type, "market": i.market.value,
-                "state": i.state.value, "weight": i.capacity_rps,
+                "state": i.state.value, "weight": float(i.capacity_rps),
                 "launched_at": round(i.launched_at_s - loop.epoch, 3),
                 "ready_at": None if i.ready_at_s is None else round(i.ready_at_s - loop.epoch, 3),
                 "cost_usd": round(loop.ledger.cost_of(i.id, now), 6),

@@ -26,7 +26,10 @@ Around the policy, the loop owns what only a live world has:
 - **failures**: a launch that fails or times out is retried on the next cheapest type (per
   request at capacity); an instance failing health checks is replaced (``replace``); an
   instance that dies is dropped and the next step plans without it;
-- **cost**: every instance-second goes to the :class:`~mark.control.ledger.CostLedger`.
+- **cost**: every instance-second goes to the :class:`~mark.control.ledger.CostLedger`;
+- **a floor**: ``min_instances`` per model stay whatever the plan says (terminations beyond it
+  are skipped, the cheapest type is launched below it): while the live service cannot spill
+  to FaaS, a plan of zero instances would answer every request with 503.
 
 The clock is injected: ``VirtualClock`` with the fake backend in tests, the wall clock
 live. ``warm_start`` gives the first step a past (a pre-roll, as the simulator's); the
@@ -109,6 +112,7 @@ class ControlLoop:
         poll_s: float = 0.1,
         decisions_kept: int = 10_000,
         warm_start: Mapping[str, np.ndarray] | None = None,
+        min_instances: int = 0,
     ) -> None:
         self.models = dict(models)
         self.backend = backend
@@ -125,6 +129,7 @@ class ControlLoop:
         self.poll_s = poll_s
         self.decisions: deque[dict[str, Any]] = deque(maxlen=decisions_kept)
         self.warm_start = dict(warm_start or {})
+        self.min_instances = min_instances
         self.epoch = float(math.floor(clock.now()))
         for mc in self.models.values():
             mc.hist_start = int(self.epoch)
@@ -258,13 +263,26 @@ class ControlLoop:
                     changed = True
             if changed:
                 self.fleet.refresh()
-        for iid in dec.terminate:
-            if iid in self.fleet.instances:
-                self._spawn(self.drain(iid, "scale-in"))
+        ending = [i for i in dec.terminate if i in self.fleet.instances]
+        staying = [i for i in self.instances_of(mc.model)
+                   if i.state not in _LEAVING and i.id not in ending]
+        launches = list(dec.launch)
+        short = self.min_instances - len(staying) - len(launches)
+        if short > 0 and ending:  # the floor: keep the newest of those the plan would end
+            kept, ending = ending[-short:], ending[:-short]
+            short -= len(kept)
+            self._event(mc, "kept_by_floor", instances=kept, min_instances=self.min_instances)
+        if short > 0:
+            itype = types_by_cost(mc.ctx, mc.plan, Market.ON_DEMAND)[0]
+            launches += [LaunchOrder(itype)] * short
+            self._event(mc, "launch_by_floor", instance_type=itype, count=short,
+                        min_instances=self.min_instances)
+        for iid in ending:
+            self._spawn(self.drain(iid, "scale-in"))
         launched = await asyncio.gather(
             *(self._launch(mc, o, ready_after_s=0.0 if starting else o.ready_after_s)
-              for o in dec.launch), return_exceptions=True)
-        for order, res in zip(dec.launch, launched, strict=True):
+              for o in launches), return_exceptions=True)
+        for order, res in zip(launches, launched, strict=True):
             if isinstance(res, BaseException):
                 log.error("launch of %s (%s) for %s failed: %s", order.instance_type,
                           order.market.value, mc.model, res)
@@ -435,7 +453,7 @@ class ControlLoop:
         out = {Market.ON_DEMAND.value: 0.0, Market.SPOT.value: 0.0}
         for i in self.instances_of(model):
             if i.serving:
-                out[i.market.value] += i.capacity_rps
+                out[i.market.value] += float(i.capacity_rps)
         return out
 
     def decisions_since(self, since_s: float) -> list[dict[str, Any]]:

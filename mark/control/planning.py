@@ -6,8 +6,9 @@ configured types and markets. Two things differ from a simulation and are config
 not a fork of the policy:
 
 - where the backend emulates the cloud on this machine (``local``, ``fake``), every type's
-  launch delay is the emulated boot (``fleet.launch_delay_s``) plus Triton's start, so the
-  plan expects new capacity when it really comes;
+  launch delay is the emulated boot (``fleet.launch_delay_s``; the local backend's Triton
+  starts meanwhile, so at least its start), so the plan expects new capacity when it
+  really comes;
 - until the FaaS path exists the live service cannot spill, so policies that take a
   ``spill`` option get ``spill=False`` (FaaS unavailable, as ``mark-no-faas`` plans), and
   FaaS-only policies (``lambda``, ``batch``) and policies that need the future
@@ -28,8 +29,8 @@ from mark.core.profiles import Profile, load_profile
 from provisioner import POLICIES, PolicyContext, ProvisioningPolicy, ServingPlan, make_policy
 from provisioner.serving import default_serving_plan
 
-#: Seconds Triton with the Python backend takes to load a model here, added to the
-#: emulated boot in the plan's launch delay.
+#: Seconds Triton with the Python backend takes to load a model here: the shortest launch
+#: delay the local backend can have.
 TRITON_START_S = 3.0
 #: Backends that emulate the cloud's boot on this machine.
 EMULATING_BACKENDS = frozenset({"local", "fake"})
@@ -41,7 +42,9 @@ def planning_catalogue(cfg: MarkConfig, catalogue: Catalogue | None = None) -> C
     cat = catalogue or load_catalogue()
     if cfg.fleet.backend not in EMULATING_BACKENDS:
         return cat
-    delay = cfg.fleet.launch_delay_s + (TRITON_START_S if cfg.fleet.backend == "local" else 0.0)
+    delay = cfg.fleet.launch_delay_s
+    if cfg.fleet.backend == "local":
+        delay = max(delay, TRITON_START_S)
     return replace(cat, instances={n: replace(t, launch_delay_s=delay)
                                    for n, t in cat.instances.items()})
 

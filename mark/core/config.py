@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mark.core.errors import ConfigError
+from mark.core.profiles import load_profile, shipped_profiles
 from mark.core.slo import DEFAULT_SLO_LATENCY_MS, DEFAULT_SLO_PERCENTILE, Slo
 
 ModelKind = Literal["minilm", "identity", "profiled"]
@@ -56,7 +57,31 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"model {self.name!r}: dynamic_batching needs max_batch_size > 0 (got 0)"
             )
+        if self.kind == "profiled":
+            self._check_profiled()
         return self
+
+    def _check_profiled(self) -> None:
+        """A ``profiled`` model needs a profile; its batches cannot outgrow the profile's:
+        an unset max_batch_size is clamped to the profile's largest batch, a set one above
+        it is an error."""
+        if self.profile is None:
+            raise ValueError(
+                f"model {self.name!r}: kind 'profiled' needs `profile`: a shipped profile "
+                f"({', '.join(shipped_profiles())}) or a path to a profile JSON file"
+            )
+        try:
+            top = max(t.max_batch for t in load_profile(self.profile).instances.values())
+        except ConfigError as exc:
+            raise ValueError(f"model {self.name!r}: profile: {exc.message}") from exc
+        if self.max_batch_size > top:
+            if "max_batch_size" in self.model_fields_set:
+                raise ValueError(
+                    f"model {self.name!r}: max_batch_size {self.max_batch_size} exceeds the "
+                    f"largest batch of profile {self.profile!r} ({top}); set at most {top} or "
+                    f"leave it unset (then {top})"
+                )
+            self.max_batch_size = top
 
 
 class FleetConfig(_Strict):
@@ -71,9 +96,9 @@ class FleetConfig(_Strict):
     health_interval_s: float = Field(1.0, gt=0, description="instance health polling period (s)")
     launch_delay_s: float = Field(
         5.0, ge=0,
-        description="local backend: an instance launched by the control loop is ready only this "
-        "long after its launch (the cloud's boot), plus Triton's own start (s); the starting "
-        "fleet is taken as already running",
+        description="local/fake backends: an instance launched by the control loop is ready no "
+        "sooner than this after its launch (the cloud's boot; Triton starts meanwhile and must "
+        "be ready too) (s); the starting fleet is taken as already running",
     )
     spot_interruption_scale: float = Field(
         1.0, ge=0,
@@ -178,6 +203,10 @@ class ControlConfig(_Strict):
     )
     history_s: int = Field(
         86_400, ge=600, description="seconds of per-second arrival counts kept for the policy"
+    )
+    min_instances: int = Field(
+        1, ge=0, description="instances per model the loop keeps whatever the policy plans "
+        "(a floor while the live service cannot spill to FaaS: with none, requests get 503)",
     )
     health_failures: int = Field(
         3, ge=1, description="consecutive failed health checks after which an instance is "

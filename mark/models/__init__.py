@@ -1,5 +1,19 @@
 """Bundled models and the writer of Triton model repositories for them."""
 
-from mark.models.repository import MODEL_SPECS, ModelSpec, TensorSpec, write_model_repository
+from mark.models.repository import (
+    MODEL_SPECS,
+    ModelSpec,
+    TensorSpec,
+    launch_batching,
+    variant_repository,
+    write_model_repository,
+)
 
-__all__ = ["MODEL_SPECS", "ModelSpec", "TensorSpec", "write_model_repository"]
+__all__ = [
+    "MODEL_SPECS",
+    "ModelSpec",
+    "TensorSpec",
+    "launch_batching",
+    "variant_repository",
+    "write_model_repository",
+]

@@ -1,12 +1,29 @@
-"""Write a Triton model repository (config.pbtxt + model.py) for the configured models."""
+"""Write Triton model repositories (config.pbtxt + model.py) for the configured models.
+
+One repository per launch variant (:func:`variant_repository`): the instance type (a
+``profiled`` model sleeps that type's service times from its profile, written into its
+config.pbtxt as the ``service_ms`` parameter) and the dynamic-batching settings the launch
+asks for (None: the model configuration's). A variant is written once into
+``<root>/<key>/``, where the key names the variant and ends in a hash of the files, and
+reused by every later launch of the same variant (by any process sharing ``root``); it is
+written into a temporary directory and renamed into place, so concurrent launches never see
+or clobber half-written files.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mark.core.config import ModelConfig
+from mark.core.errors import ConfigError
+from mark.core.profiles import TypeProfile, load_profile
 
 _HERE = Path(__file__).resolve().parent
 
@@ -36,6 +53,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         inputs=(TensorSpec("INPUT0", "TYPE_FP32", (16,)),),
         outputs=(TensorSpec("OUTPUT0", "TYPE_FP32", (16,)),),
     ),
+    # sleeps its profile's service time per batch; the identity model's tensors
+    "profiled": ModelSpec(
+        "profiled",
+        inputs=(TensorSpec("INPUT0", "TYPE_FP32", (16,)),),
+        outputs=(TensorSpec("OUTPUT0", "TYPE_FP32", (16,)),),
+    ),
 }
 
 
@@ -47,28 +70,133 @@ def _tensor_block(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
     return f"{kind} [\n{items}\n]\n"
 
 
-def config_pbtxt(model: ModelConfig) -> str:
+def type_profile(model: ModelConfig, instance_type: str) -> TypeProfile:
+    """A ``profiled`` model's service times on ``instance_type`` (``ConfigError`` naming the
+    profile's types when it has none for that type)."""
+    if model.profile is None:
+        raise ConfigError(f"model {model.name!r}: kind 'profiled' needs `profile`")
+    return load_profile(model.profile).of(instance_type)
+
+
+def launch_batching(model: ModelConfig, instance_type: str, max_batch_size: int | None = None,
+                    max_queue_delay_us: int | None = None) -> tuple[int, int]:
+    """The (max_batch_size, max_queue_delay_us) an instance of ``instance_type`` serves
+    ``model`` with: the launch's settings, None taking the model configuration's.
+
+    A ``profiled`` model cannot batch beyond its profile's largest batch on that type: the
+    configured size is clamped to it; a larger size asked for by the launch is a
+    ``ConfigError``.
+    """
+    mbs = model.max_batch_size if max_batch_size is None else max_batch_size
+    delay = model.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us
+    if mbs < 0 or delay < 0:
+        raise ConfigError(f"launch of {model.name!r}: max_batch_size ({mbs}) and "
+                          f"max_queue_delay_us ({delay}) must be >= 0")
+    if model.kind == "profiled":
+        top = type_profile(model, instance_type).max_batch
+        if mbs > top:
+            if max_batch_size is not None:
+                raise ConfigError(
+                    f"launch of {model.name!r} on {instance_type}: max_batch_size {mbs} exceeds "
+                    f"the largest batch of profile {model.profile!r} on that type ({top})"
+                )
+            mbs = top
+    return mbs, delay
+
+
+def _parameter(key: str, value: str) -> str:
+    value = value.replace("\\", "\\\\").replace('"', '\\"')  # a profile path may hold either
+    return f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+
+
+def config_pbtxt(model: ModelConfig, instance_type: str = "local",
+                 max_batch_size: int | None = None, max_queue_delay_us: int | None = None) -> str:
+    """``model``'s config.pbtxt for an instance of ``instance_type`` with these batching
+    settings (None: the model configuration's; see :func:`launch_batching`)."""
     spec = MODEL_SPECS[model.kind]
-    text = f'name: "{model.name}"\nbackend: "python"\nmax_batch_size: {model.max_batch_size}\n'
+    mbs, delay = launch_batching(model, instance_type, max_batch_size, max_queue_delay_us)
+    text = f'name: "{model.name}"\nbackend: "python"\nmax_batch_size: {mbs}\n'
     text += _tensor_block("input", spec.inputs) + _tensor_block("output", spec.outputs)
-    if model.dynamic_batching:
-        text += f"dynamic_batching {{ max_queue_delay_microseconds: {model.max_queue_delay_us} }}\n"
+    if model.dynamic_batching and mbs > 0:
+        text += f"dynamic_batching {{ max_queue_delay_microseconds: {delay} }}\n"
+    # one execution at a time: a batch has the instance's cores (profiled: its service time)
     text += "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
-    text += (
-        'parameters: { key: "torch_threads" value: { string_value: "'
-        + str(model.torch_threads)
-        + '" } }\n'
-    )
+    text += _parameter("torch_threads", str(model.torch_threads))
+    if model.kind == "profiled":
+        table_ms = type_profile(model, instance_type).table_s()[1:] * 1000.0
+        text += _parameter("service_ms", ",".join(f"{t:.3f}" for t in table_ms))
+        text += _parameter("instance_type", instance_type)
+        text += _parameter("profile", str(model.profile))
     return text
 
 
-def write_model_repository(root: Path, models: list[ModelConfig]) -> Path:
-    """(Re)write ``root`` as a model repository holding ``models``; returns ``root``."""
+def _model_files(models: list[ModelConfig], instance_type: str, max_batch_size: int | None,
+                 max_queue_delay_us: int | None) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for model in models:
+        files[f"{model.name}/config.pbtxt"] = config_pbtxt(
+            model, instance_type, max_batch_size, max_queue_delay_us)
+        files[f"{model.name}/1/model.py"] = (_HERE / model.kind / "model.py").read_text()
+    return files
+
+
+def _write_files(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def write_model_repository(root: Path, models: list[ModelConfig],
+                           instance_type: str = "local") -> Path:
+    """(Re)write ``root`` as a model repository holding ``models`` with their configured
+    batching, for instances of ``instance_type``; returns ``root``."""
+    files = _model_files(models, instance_type, None, None)
     if root.exists():
         shutil.rmtree(root)
-    for model in models:
-        mdir = root / model.name
-        (mdir / "1").mkdir(parents=True)
-        (mdir / "config.pbtxt").write_text(config_pbtxt(model))
-        shutil.copy2(_HERE / model.kind / "model.py", mdir / "1" / "model.py")
+    _write_files(root, files)
     return root
+
+
+def variant_key(instance_type: str, max_batch_size: int | None = None,
+                max_queue_delay_us: int | None = None, digest: str = "") -> str:
+    """The directory name of a repository variant, e.g. ``c5.large-b16-d2000-<hash>``
+    (``b-``/``d-``: each model's configured value)."""
+    safe_type = re.sub(r"[^A-Za-z0-9._-]", "_", instance_type) or "_"
+    b = "-" if max_batch_size is None else str(max_batch_size)
+    d = "-" if max_queue_delay_us is None else str(max_queue_delay_us)
+    key = f"{safe_type}-b{b}-d{d}"
+    return f"{key}-{digest}" if digest else key
+
+
+def variant_repository(root: Path, models: list[ModelConfig], instance_type: str,
+                       max_batch_size: int | None = None,
+                       max_queue_delay_us: int | None = None) -> Path:
+    """The model repository for a launch of ``models`` on ``instance_type`` with these
+    batching settings: ``root/<variant_key>``, written now unless it exists already.
+
+    Raises ``ConfigError`` when a ``profiled`` model's profile lacks ``instance_type`` (the
+    message names its types) or the launch asks for a batch larger than the profile's.
+    """
+    files = _model_files(models, instance_type, max_batch_size, max_queue_delay_us)
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + files[rel].encode() + b"\0")
+    final = root / variant_key(instance_type, max_batch_size, max_queue_delay_us,
+                               h.hexdigest()[:12])
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would keep the repository from other users
+        _write_files(tmp, files)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # not another writer that won the race with the same files
+            raise
+    finally:
+        if tmp.exists():
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
+    return final

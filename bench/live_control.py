@@ -1,0 +1,205 @@
+"""The live control loop against its simulated twin: one trace slice through both worlds.
+
+A 20-minute slice of the shipped Twitter trace (day 1 from minute 200: a 4.5x burst at
+minute 13), scaled to this machine, is replayed open loop through ``mark up`` (in process:
+the front end, real Triton processes serving the ``profiled`` Inception-v3 model with
+c5/m5 service times, the control loop with the ``mark`` policy, FaaS unavailable), and the
+same counts run through ``mark simulate`` with the same profile, catalogue (the launch delay
+this deployment really has: ``fleet.launch_delay_s`` plus Triton's start), policy options
+and pre-roll (the slice's first 10 minutes seen by the first step; its launches are the
+starting fleet in both worlds).
+
+Prints and writes, for both: cost (USD; live from the cost ledger over the replay), SLO
+attainment (98% under 500 ms), p50/p98 latency, requests lost, launches; and a PNG
+timeline of the arrival rate, the policy's forecast and the capacity by market.
+
+    .venv/bin/python bench/live_control.py [--minutes 20] [--scale 0.15]
+        [--json bench/results/live_control.json] [--png bench/results/live_control.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scenarios import CPU_TYPES  # noqa: E402
+
+from mark.cluster import ClusterThread  # noqa: E402
+from mark.control import planning_catalogue  # noqa: E402
+from mark.core.config import (  # noqa: E402
+    ControlConfig,
+    FleetConfig,
+    FrontendConfig,
+    MarkConfig,
+    ModelConfig,
+)
+from mark.core.slo import Slo  # noqa: E402
+from mark.core.workload import load_trace  # noqa: E402
+from mark.core.workload.arrivals import spread_trace  # noqa: E402
+from mark.core.workload.traces import Trace  # noqa: E402
+from mark.loadgen import LoadClient  # noqa: E402
+from mark.sim import simulate  # noqa: E402
+
+MODEL = "incep"
+PROFILE = "inception-v3"
+SLO = Slo(500.0, 98.0)
+INTERVAL_S = 10.0
+PREROLL_S = 600
+
+
+def slice_counts(start_min: int, minutes: int, scale: float, seed: int) -> np.ndarray:
+    c = load_trace("twitter-2021-08-week1").counts[start_min * 60:(start_min + minutes) * 60]
+    x = c.astype(np.float64) * scale
+    base = np.floor(x)
+    return (base + (np.random.default_rng(seed).random(x.size) < x - base)).astype(np.int64)
+
+
+def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
+    return MarkConfig(
+        models=[ModelConfig(name=MODEL, kind="profiled", profile=PROFILE, max_batch_size=16,
+                            slo_latency_ms=SLO.latency_ms, slo_percentile=SLO.percentile)],
+        fleet=FleetConfig(instances=0, launch_delay_s=launch_delay_s),
+        control=ControlConfig(interval_s=INTERVAL_S, types=list(CPU_TYPES)),
+        frontend=FrontendConfig(port=0, workers=1),
+        runtime_dir=runtime,
+    )
+
+
+def live(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
+    """Replay ``counts`` through the cluster; its first step saw the first ``PREROLL_S`` s
+    (as the simulator's does)."""
+    cluster = ClusterThread(cfg, warm_start={MODEL: counts[:PREROLL_S]})
+    try:
+        loop = cluster.cluster.control
+        assert loop is not None
+        arrivals = spread_trace(Trace(counts, 1), seed)
+
+        async def run() -> dict[str, Any]:
+            async with LoadClient(cluster.url, MODEL, timeout_s=60.0, pool=4096) as client:
+                c0 = await client.cost_usd()
+                t0 = loop.now_s()
+                res = await client.open_loop(arrivals)
+                c1 = await client.cost_usd()
+            async with aiohttp.ClientSession() as s, \
+                    s.get(f"{cluster.url}/admin/decisions?since=0") as r:
+                decisions = await r.json()
+            lat = np.asarray(res.latencies_s)
+            met = int((lat <= SLO.latency_ms / 1000.0).sum())
+            launches = sum(1 for d in decisions for e in d["events"] if e["event"] == "launched")
+            return {
+                "requests": res.sent, "lost": res.lost, "errors": sum(res.errors.values()),
+                "slo_attainment": met / res.sent if res.sent else 1.0,
+                "latency_ms": {k: round(v, 2) for k, v in res.percentiles_ms().items()},
+                "cost_usd": None if c0 is None or c1 is None else c1 - c0,
+                "launches": launches,
+                "timeline": [{"t": d["t"] - t0, "forecast_rps": d["forecast_rps"],
+                              **{f"cap_{k}_rps": v for k, v in d["capacity_rps"].items()}}
+                             for d in decisions],
+            }
+
+        return asyncio.run(run())
+    finally:
+        cluster.stop()
+
+
+def simulated(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
+    r = simulate(counts, "mark", profile=PROFILE, catalogue=planning_catalogue(cfg), slo=SLO,
+                 types=CPU_TYPES, seed=seed,
+                 policy_kw={"interval_s": INTERVAL_S, "spill": False})
+    tl = r.timeline or {}
+    doc = r.to_json()
+    return {
+        "requests": r.requests, "lost": 0, "errors": 0, "slo_attainment": r.slo_attainment,
+        "latency_ms": {k: round(v, 2) for k, v in r.latency_ms.items()},
+        "cost_usd": r.cost_usd["total"], "launches": int(doc["launches"]),
+        "timeline": [{"t": float(t), "forecast_rps": f, "cap_on_demand_rps": od,
+                      "cap_spot_rps": sp}
+                     for t, f, od, sp in zip(tl.get("t_s", []), tl.get("forecast_rps", []),
+                                             tl.get("cap_on_demand_rps", []),
+                                             tl.get("cap_spot_rps", []), strict=False)],
+    }
+
+
+def plot(counts: np.ndarray, out: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    rate = counts[: counts.size // 10 * 10].reshape(-1, 10).mean(axis=1)
+    for ax, world in zip(axes, ("live", "simulated"), strict=True):
+        tl = out[world]["timeline"]
+        t = [p["t"] for p in tl]
+        ax.plot(np.arange(len(rate)) * 10, rate, color="0.6", lw=1, label="arrival rate (10 s)")
+        ax.step(t, [p["forecast_rps"] for p in tl], where="post", label="forecast")
+        ax.step(t, [p["cap_on_demand_rps"] for p in tl], where="post", label="capacity on demand")
+        ax.step(t, [p["cap_spot_rps"] for p in tl], where="post", label="capacity spot")
+        r = out[world]
+        ax.set_title(f"{world}: cost ${r['cost_usd']:.4f}, SLO attainment "
+                     f"{r['slo_attainment']:.2%}, launches {r['launches']}")
+        ax.set_ylabel("requests/s")
+        ax.set_xlim(left=0)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel("seconds into the replay")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--start-min", type=int, default=200, help="minute of the trace to start")
+    ap.add_argument("--minutes", type=int, default=20, help="length of the slice (with the "
+                    "10-minute pre-roll)")
+    ap.add_argument("--scale", type=float, default=0.15, help="multiplies the trace's rates")
+    ap.add_argument("--launch-delay", type=float, default=20.0, help="emulated boot (s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=str(REPO / "bench/results/live_control.json"))
+    ap.add_argument("--png", default=str(REPO / "bench/results/live_control.png"))
+    args = ap.parse_args()
+    if args.minutes * 60 <= PREROLL_S:
+        ap.error(f"--minutes must exceed the {PREROLL_S // 60}-minute pre-roll")
+    counts = slice_counts(args.start_min, args.minutes, args.scale, args.seed)
+    with tempfile.TemporaryDirectory(prefix="mark-live-") as tmp:
+        cfg = config(Path(tmp), args.launch_delay)
+        t0 = time.perf_counter()
+        sim = simulated(counts, cfg, args.seed)
+        sim_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lv = live(counts, cfg, args.seed)
+        live_s = time.perf_counter() - t0
+    out = {"slice": {"trace": "twitter-2021-08-week1", "start_min": args.start_min,
+                     "minutes": args.minutes, "scale": args.scale,
+                     "requests": int(counts.sum()),
+                     "peak_rps": int(counts.max())},
+           "launch_delay_s": args.launch_delay, "policy": "mark (FaaS unavailable)",
+           "live": lv, "simulated": sim, "wall_s": {"live": live_s, "simulated": sim_s}}
+    print(f"{'world':10s} {'cost $':>9s} {'SLO att':>8s} {'p50 ms':>8s} {'p98 ms':>8s} "
+          f"{'lost':>5s} {'errors':>6s} {'launches':>8s} {'requests':>9s}")
+    for world in ("live", "simulated"):
+        r = out[world]
+        cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        print(f"{world:10s} {cost:>9s} {r['slo_attainment']:8.2%} {r['latency_ms']['p50']:8.1f} "
+              f"{r['latency_ms']['p98']:8.1f} {r['lost']:5d} {r['errors']:6d} "
+              f"{r['launches']:8d} {r['requests']:9d}")
+    if lv["cost_usd"] and sim["cost_usd"]:
+        print(f"live / simulated cost: {lv['cost_usd'] / sim['cost_usd']:.2f}")
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    plot(counts, out, Path(args.png))
+    print(f"wrote {args.json} and {args.png}")
+
+
+if __name__ == "__main__":
+    main()
