@@ -45,6 +45,7 @@ from mark.control import (
 from mark.core.clock import WallClock
 from mark.core.config import MarkConfig
 from mark.core.instances import Instance, InstanceState
+from mark.profiling import ensure_measured
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,11 +54,14 @@ T = TypeVar("T")
 class LocalCluster:
     """``warm_start``: per model, arrival counts the control loop's first step sees as its
     past (a replay's pre-roll, as the simulator's); that step's launches are then the starting
-    fleet instead of ``fleet.instances``."""
+    fleet instead of ``fleet.instances``. ``defer_loop``: the loop does not step on its own
+    until ``control.begin()`` (a replay starts it with its trace)."""
 
     def __init__(self, cfg: MarkConfig,
-                 warm_start: Mapping[str, np.ndarray] | None = None) -> None:
+                 warm_start: Mapping[str, np.ndarray] | None = None,
+                 defer_loop: bool = False) -> None:
         self.cfg = cfg
+        self.defer_loop = defer_loop
         self.warm_start = dict(warm_start or {}) if cfg.control.enabled else {}
         self.fleet = Fleet([m.name for m in cfg.models])
         self.upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
@@ -76,7 +80,8 @@ class LocalCluster:
         self.fleet_path = Path(cfg.runtime_dir).resolve() / "fleet.json"
         self.reports_dir = Path(cfg.runtime_dir).resolve() / "workers"
         self.clock = WallClock()
-        # built before anything starts, so a bad control configuration fails fast
+        # built before anything starts, so a bad control configuration fails fast; a real
+        # model without a profile is planned with this machine's, measured in start()
         self.controls: dict[str, ModelControl] = build_controls(cfg) if cfg.control.enabled else {}
         self.ledger = CostLedger(planning_catalogue(cfg))
         self.counts = LiveCounts(self.front.arrivals, self.front.inflight,
@@ -99,6 +104,11 @@ class LocalCluster:
             self.control.on_notice(inst, reclaim_at_s)
 
     async def start(self) -> None:
+        to_measure = [m for m in self.cfg.models if self.controls and m.kind == "minilm"
+                      and m.profile is None and self.cfg.fleet.backend == "local"]
+        if to_measure:
+            measured = {m.name: await ensure_measured(self.cfg, m) for m in to_measure}
+            self.controls = build_controls(self.cfg, measured=measured)
         self.backend = make_backend(self.cfg.fleet.backend, self.cfg, self._on_exit,
                                     self._on_notice)
         budget = max(self.front.budget_s.values(), default=30.0)
@@ -127,7 +137,7 @@ class LocalCluster:
             raise
         self._health_task = asyncio.create_task(self._health_loop())
         if self.controls:
-            await self.control.start()
+            await self.control.start(run=not self.defer_loop)
             log.info("control loop: policy %s every %g s for %s", self.cfg.control.policy,
                      self.control.interval_s, sorted(self.controls))
         if self.workers > 1:  # after the instances, so workers start with the whole fleet
@@ -313,17 +323,18 @@ class ClusterThread:
     """Run a :class:`LocalCluster` on its own event loop in a daemon thread."""
 
     def __init__(self, cfg: MarkConfig,
-                 warm_start: Mapping[str, np.ndarray] | None = None) -> None:
+                 warm_start: Mapping[str, np.ndarray] | None = None,
+                 defer_loop: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.cluster: LocalCluster = self.call(self._make(cfg, warm_start))
+        self.cluster: LocalCluster = self.call(self._make(cfg, warm_start, defer_loop))
         self.call(self.cluster.start(), timeout=600)
 
     @staticmethod
-    async def _make(cfg: MarkConfig, warm_start: Mapping[str, np.ndarray] | None
-                    ) -> LocalCluster:
-        return LocalCluster(cfg, warm_start)  # built on the cluster's loop
+    async def _make(cfg: MarkConfig, warm_start: Mapping[str, np.ndarray] | None,
+                    defer_loop: bool) -> LocalCluster:
+        return LocalCluster(cfg, warm_start, defer_loop)  # built on the cluster's loop
 
     @property
     def url(self) -> str:

@@ -365,3 +365,49 @@ def test_ledger_bills_per_second_with_the_minimum_by_market() -> None:
     assert t["total"] == pytest.approx(t["on_demand"] + t["spot"])
     assert ledger.cost_of("c", 1000.0) == 0.0  # a type the catalogue does not know is free
     del fake
+
+
+def test_a_real_model_is_planned_with_this_machines_measured_profile(tmp_path) -> None:
+    from mark.control import build_controls, cheapest_type
+    from mark.core.config import MarkConfig
+    from mark.profiling import ensure_measured, measured_path
+
+    cfg = MarkConfig(runtime_dir=tmp_path)  # the default: minilm, control on
+    shipped = build_controls(cfg)["minilm"]
+    assert "g4dn.xlarge" in shipped.plan.types  # the shipped profile knows GPUs
+    model = cfg.models[0]
+    path = measured_path(cfg, model)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"model": "minilm", "source": "test", "instances": {"local": '
+                    '{"batch_ms": {"1": 20, "8": 60, "32": 200}, "max_batch": 32}}}')
+    # cached: no instance is started (this would take seconds and fail without Triton)
+    assert asyncio.run(ensure_measured(cfg, model)) == path
+    mc = build_controls(cfg, measured={"minilm": path})["minilm"]
+    caps = {round(ts.capacity_rps, 6) for ts in mc.plan.types.values()}
+    assert len(caps) == 1  # this machine's speed stands for every CPU type ...
+    assert not any(cfg_t.is_gpu for t, cfg_t in mc.ctx.catalogue.instances.items()
+                   if t in mc.plan.types)  # ... and GPU types are not offered
+    cheapest = cheapest_type(mc.ctx, mc.plan)
+    price = {t: mc.ctx.price_usd_per_h(t, "on_demand") for t in mc.plan.types}
+    assert price[cheapest] == min(price.values())
+
+
+def test_begin_aligns_the_loops_clock_with_a_replay() -> None:
+    counts = np.concatenate([np.zeros(50), np.full(200, 30)]).astype(np.int64)
+    ctx = context()
+    rec = Recorder(policy(ctx))
+    loop, _, clock = make_loop(rec, ctx, counts, warm=False)
+
+    async def run() -> None:
+        await loop.start(run=False)
+        await advance(clock, 42.0)
+        loop.begin(49.5)  # the replay starts at the next whole second: 50
+        for t in (55.0, 60.0, 70.0, 80.0):
+            await advance(clock, t)
+            await asyncio.sleep(0.05)  # the policy runs in a worker thread
+        await loop.stop()
+
+    asyncio.run(run())
+    assert [s["t"] for s in rec.steps] == [10.0, 20.0, 30.0]
+    assert [s["n_counts"] for s in rec.steps] == [10, 20, 30]  # counts from second 50 on
+    assert all(d["forecast_rps"] and d["forecast_rps"] > 20 for d in loop.decisions)

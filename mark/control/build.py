@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 from mark.control.loop import ModelControl
 from mark.control.planning import build_policy, initial_serving, policy_context
 from mark.core.catalogue import Catalogue
 from mark.core.config import MarkConfig
 
 
-def build_controls(cfg: MarkConfig, catalogue: Catalogue | None = None
-                   ) -> dict[str, ModelControl]:
-    """One :class:`ModelControl` per configured model: context, policy, initial plan."""
+def build_controls(cfg: MarkConfig, catalogue: Catalogue | None = None,
+                   measured: Mapping[str, Path] | None = None) -> dict[str, ModelControl]:
+    """One :class:`ModelControl` per configured model: context, policy, initial plan.
+    ``measured``: per model, this machine's measured profile (see
+    :func:`mark.control.planning.model_profile`)."""
     out = {}
     for m in cfg.models:
-        ctx = policy_context(cfg, m, catalogue)
+        ctx = policy_context(cfg, m, catalogue, (measured or {}).get(m.name))
         policy = build_policy(cfg.control.policy, ctx, cfg.control.interval_s,
                               cfg.control.policy_options)
         out[m.name] = ModelControl(m.name, policy, ctx, initial_serving(policy, ctx))

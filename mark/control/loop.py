@@ -160,6 +160,17 @@ class ControlLoop:
         if run:
             self._run_task = asyncio.create_task(self._run())
 
+    def begin(self, at_s: float | None = None) -> None:
+        """Start stepping with the loop's clock reset to 0 at ``at_s`` (a whole second of the
+        clock; default: the next one): a replay aligns the policy's time with its trace's
+        this way. Counts before it are forgotten; call after ``start(run=False)``."""
+        at = float(math.ceil(self.clock.now() if at_s is None else at_s))
+        self.epoch = at
+        for mc in self.models.values():
+            mc.hist_start, mc.history = int(at), np.zeros(0, dtype=np.int64)
+        if self._run_task is None:
+            self._run_task = asyncio.create_task(self._run())
+
     async def _run(self) -> None:
         nxt = self.epoch + self.interval_s
         while True:

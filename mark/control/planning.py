@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from mark.core.catalogue import Catalogue, load_catalogue
@@ -49,21 +50,33 @@ def planning_catalogue(cfg: MarkConfig, catalogue: Catalogue | None = None) -> C
                                    for n, t in cat.instances.items()})
 
 
-def model_profile(model: ModelConfig) -> Profile:
-    """The profile a model is planned with: its ``profile``, else the one named like its
-    kind (``minilm``); ConfigError naming the field for a kind without one."""
-    name = model.profile or (model.kind if model.kind == "minilm" else None)
-    if name is None:
+def model_profile(model: ModelConfig, catalogue: Catalogue,
+                  measured: Path | None = None) -> Profile:
+    """The profile a model is planned with: its ``profile``; else, for a real model (minilm),
+    this machine's ``measured`` one standing for every CPU type of the catalogue (each
+    instance is a process here, whatever type it is billed as), else the shipped one named
+    like its kind; ConfigError naming the field for a kind without any."""
+    if model.profile:
+        return load_profile(model.profile)
+    if model.kind != "minilm":
         raise ConfigError(f"model {model.name!r} (kind {model.kind}) has no profile to plan "
                           "with: set models[].profile (e.g. inception-v3) or control.enabled: "
                           "false")
-    return load_profile(name)
+    shipped = load_profile(model.kind)
+    if measured is None:
+        return shipped
+    here = load_profile(measured)
+    table = next(iter(here.instances.values()))
+    cpu = {t: table for t, it in catalogue.instances.items() if not it.is_gpu}
+    return Profile(model.kind, cpu, shipped.lambda_,
+                   source=f"{here.source}; this machine's times for every CPU type")
 
 
-def policy_context(cfg: MarkConfig, model: ModelConfig,
-                   catalogue: Catalogue | None = None) -> PolicyContext:
+def policy_context(cfg: MarkConfig, model: ModelConfig, catalogue: Catalogue | None = None,
+                   measured: Path | None = None) -> PolicyContext:
     types = tuple(cfg.control.types) if cfg.control.types else None
-    return PolicyContext(planning_catalogue(cfg, catalogue), model_profile(model), model.slo,
+    cat = planning_catalogue(cfg, catalogue)
+    return PolicyContext(cat, model_profile(model, cat, measured), model.slo,
                          cfg.control.spot, types)
 
 
