@@ -386,9 +386,31 @@ class MArkGreedy:
             serving=ServingPlan(self.serving.types, faas, self.serving.spill) if send else None,
             info={"forecast_rps": float(f[0]), "planned_rps": cap,
                   "planned_instances": float(len(chosen)),
-                  **(cover.info() if self.faas_tier else {}), **headroom},
+                  **(cover.info() if self.faas_tier else {}), **headroom,
+                  **self._type_reasons(chosen)},
         )
         return decision, GreedyState(needed, True, faas)
+
+    def _type_reasons(self, chosen: list[Candidate]) -> dict[str, float]:
+        """Why each type is (or is not) in the plan, as numbers: per type and market, its
+        cost per million requests when serving at its capacity under the SLO
+        (``type:<t>:<market>:usd_per_m``), its launch delay (``type:<t>:launch_delay_s``:
+        capacity that comes later is bridged by spill or faster types) and the instances of
+        it the plan holds (``type:<t>:<market>:planned``). The greedy picks per run the
+        lowest cost per request of what it would serve, launch overhead included."""
+        out: dict[str, float] = {}
+        held: dict[tuple[str, str], int] = {}
+        for c in chosen:
+            key = (c.instance_type, c.market.value)
+            held[key] = held.get(key, 0) + 1
+        cat = self.ctx.catalogue
+        for t, ts in self.serving.types.items():
+            out[f"type:{t}:launch_delay_s"] = cat.instance(t).launch_delay_s
+            for m in self.ctx.markets:
+                usd_per_req = self.ctx.price_usd_per_h(t, m) / 3600.0 / ts.capacity_rps
+                out[f"type:{t}:{m.value}:usd_per_m"] = usd_per_req * 1e6
+                out[f"type:{t}:{m.value}:planned"] = float(held.get((t, m.value), 0))
+        return out
 
     def _noise_band(self, snap: Snapshot, chosen: list[Candidate], rate: float) -> list[str]:
         """Running instances the plan left out but that stay counted as needed (when it keeps

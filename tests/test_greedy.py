@@ -125,3 +125,29 @@ def test_spot_replacement_falls_back_to_on_demand() -> None:
     fleet = (Instance("a", "c5.large", "spot", "notice", 0, 0),)
     dec, _ = pol.decide(snap(600, 0.9 * cap, fleet), pol.initial_state())
     assert [o.market for o in dec.launch] == ["on_demand"]
+
+
+def test_gpu_types_where_cheaper_per_request_and_the_reason_per_type() -> None:
+    """A heterogeneous mix: at a high rate the GPU type (cheapest per request at the SLO)
+    carries the load; at a low rate a CPU type does (a GPU would idle); Decision.info gives
+    each type's cost per million at capacity, launch delay and count planned."""
+    ctx = PolicyContext(load_catalogue(), load_profile("inception-v3"), Slo(500, 98))
+    pol = make_policy("mark", ctx, spill=False)
+
+    def plan(rate: float) -> dict[str, float]:
+        snap = Snapshot(600.0, np.full(600, rate), (), ctx.slo)
+        return dict(pol.decide(snap, pol.initial_state())[0].info)
+
+    high, low = plan(400.0), plan(2.0)
+    types = [k.split(":")[1] for k in high if k.endswith(":on_demand:planned")]
+    assert {"g4dn.xlarge", "c5.large"} <= set(types)
+    per_m = {t: high[f"type:{t}:on_demand:usd_per_m"] for t in types}
+    cheapest = min(per_m, key=per_m.__getitem__)
+    assert ctx.catalogue.instance(cheapest).is_gpu
+    assert high[f"type:{cheapest}:on_demand:planned"] >= 1
+    assert high[f"type:{cheapest}:launch_delay_s"] > high["type:c5.large:launch_delay_s"]
+    gpu_low = sum(low[f"type:{t}:on_demand:planned"] for t in types
+                  if ctx.catalogue.instance(t).is_gpu)
+    cpu_low = sum(low[f"type:{t}:on_demand:planned"] for t in types
+                  if not ctx.catalogue.instance(t).is_gpu)
+    assert gpu_low == 0 and cpu_low >= 1

@@ -1,0 +1,52 @@
+"""The front end's per-request spill decision is the simulator's, request for request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from frontend.spill import InstanceQueue, SpillParams
+from mark.core import queueing
+from mark.core.profiles import load_profile
+
+
+def kernel_decisions(arr: np.ndarray, svc: np.ndarray, mb: int, delay: float,
+                     budget: float) -> np.ndarray:
+    """Which requests the simulator's kernel keeps on one instance (True) or spills."""
+    n = arr.size
+    out = np.full(n, -1, dtype=np.int64)
+    queueing.serve_segment(
+        arr, np.zeros(n, dtype=np.int32), svc[None, :].copy(), np.array([mb], dtype=np.int32),
+        np.array([delay]), np.array([budget]), np.zeros((1, queueing.N_FSTATE)),
+        np.zeros((1, queueing.N_ISTATE), dtype=np.int64), np.zeros(n + 1),
+        np.zeros(n + 1, dtype=np.int32), 0, out, np.zeros(1))
+    return out >= 0
+
+
+@pytest.mark.parametrize(("itype", "mb", "delay", "rate"), [
+    ("c5.large", 16, 0.0, 6.0),     # Inception on c5: little gain from batching, overload
+    ("c5.xlarge", 8, 0.02, 12.0),
+    ("g4dn.xlarge", 16, 0.005, 2000.0),  # a GPU: batches fill
+    ("c5.large", 1, 0.0, 3.0),      # no batching
+])
+def test_admit_matches_the_simulators_kernel(itype: str, mb: int, delay: float,
+                                             rate: float) -> None:
+    svc = load_profile("inception-v3").of(itype).table_s()[: mb + 1]
+    rng = np.random.default_rng(5)
+    arr = np.cumsum(rng.exponential(1.0 / rate, 3000))
+    budget = 0.45
+    want = kernel_decisions(arr, svc, mb, delay, budget)
+    q = InstanceQueue(SpillParams.of(svc, mb, delay, budget))
+    got = np.array([q.admit(float(t)) for t in arr])
+    assert 0.05 < want.mean() < 1.0 or rate < 5  # the load makes it choose both ways
+    assert (got == want).all(), int(np.argmax(got != want))
+
+
+def test_idle_and_busy_corrections() -> None:
+    q = InstanceQueue(SpillParams.of([0.0, 0.2, 0.3], 2, 0.0, 0.5))
+    assert q.admit(0.0) and q.admit(0.01)  # a batch of 2 leaves at once
+    assert q.predict_s(0.02)[0] == pytest.approx(0.3 - 0.02 + 0.2)
+    q.idle(0.1)  # the instance answered early: nothing in flight any more
+    assert q.predict_s(0.1)[0] == pytest.approx(0.2)
+    q.busy_now(5.0)  # still busy at 5 s (slower than the model)
+    assert q.predict_s(5.0)[0] == pytest.approx(0.2)
