@@ -1,11 +1,15 @@
 """Front-end overhead: the same closed-loop load straight to Triton and through mark.
 
-One `mark up` (one instance serving the trivial and the real model) runs as a child
-process so its CPU time can be read from /proc; each (model, concurrency) is driven
-direct and through the front end back to back in one run. Prints a table with the
-front/direct ratios and writes JSON rows:
+One `mark up` (one instance serving the trivial and the real model, a fixed fleet) runs as
+a child process so its CPU time can be read from /proc; each (model, concurrency) is driven
+direct and through the front end back to back in one run. Then a second `mark up` with the
+spill path on (control loop and FaaS runtime; the trivial model planned with the MiniLM
+profile so each request's completion is predicted, and kept: nothing spills at this load)
+is driven through the front end the same way: the spill check's cost per request.
+Prints a table with the front/direct ratios and the spill on/off ratio of the front end's
+CPU per request, and writes JSON rows:
 {"model", "concurrency", "target", "throughput_rps", "p50_ms", "p99_ms",
- "frontend_cpu_ms_per_request"}.
+ "frontend_cpu_ms_per_request"} (target: direct, frontend, frontend+spill).
 """
 
 from __future__ import annotations
@@ -32,13 +36,23 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def start_cluster(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+SPILL_CASES = [("identity", 1), ("identity", 4)]
+
+
+def start_cluster(tmp: Path, spill: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     cfg = tmp / "bench.yaml"
-    cfg.write_text(
-        "models:\n  - {name: identity, kind: identity}\n  - {name: minilm, kind: minilm}\n"
-        f"fleet: {{instances: 1}}\nruntime_dir: {tmp / 'rt'}\n"
-    )
+    if spill:
+        cfg.write_text(
+            "models:\n  - {name: identity, kind: identity, profile: minilm}\n"
+            "control: {interval_s: 3600, types: [c5.large]}\nfaas: {port: 0}\n"
+            f"fleet: {{instances: 1}}\nruntime_dir: {tmp / 'rt-spill'}\n"
+        )
+    else:
+        cfg.write_text(
+            "models:\n  - {name: identity, kind: identity}\n  - {name: minilm, kind: minilm}\n"
+            f"control: {{enabled: false}}\nfleet: {{instances: 1}}\nruntime_dir: {tmp / 'rt'}\n"
+        )
     out = (tmp / "up.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "mark", "up", "--config", str(cfg),
                              "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
@@ -54,7 +68,8 @@ def start_cluster(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         proc.kill()
         raise SystemExit("mark up did not become ready")
     # the one instance's own URL, from mark up's log line "launched <id> pid=<pid> at <url>"
-    line = next(x for x in (tmp / "up.log").read_text().splitlines() if " launched " in x)
+    line = next(x for x in (tmp / "up.log").read_text().splitlines()
+                if " launched " in x and " at http" in x)
     return proc, url, line.split(" at ")[-1].split()[0]
 
 
@@ -88,17 +103,40 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"{'model':9} {'conc':>4} {'target':9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        proc, front, _ = start_cluster(Path(tmp), spill=True)
+        try:
+            for model, conc in SPILL_CASES:
+                c0 = cpu_s(proc.pid)
+                r = asyncio.run(drive(front, model, conc, args.duration))
+                cpu = cpu_s(proc.pid) - c0
+                n = r.pop("requests")
+                rows.append({"model": model, "concurrency": conc, "target": "frontend+spill",
+                             **r, "frontend_cpu_ms_per_request": cpu * 1000 / n})
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"{'model':9} {'conc':>4} {'target':14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'fe cpu ms/req':>13}")
     for r in rows:
-        print(f"{r['model']:9} {r['concurrency']:>4} {r['target']:9} {r['throughput_rps']:>8.1f} "
+        print(f"{r['model']:9} {r['concurrency']:>4} {r['target']:14} {r['throughput_rps']:>8.1f} "
               f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['frontend_cpu_ms_per_request']:>13.3f}")
+    pairs = [r for r in rows if r["target"] != "frontend+spill"]
     print("\nfront/direct ratios")
-    for d, f in zip(rows[::2], rows[1::2], strict=True):
+    for d, f in zip(pairs[::2], pairs[1::2], strict=True):
         ratio = f["throughput_rps"] / d["throughput_rps"]
         print(f"{d['model']:9} c={d['concurrency']:<3} throughput x{ratio:.3f}"
               f"  p50 x{f['p50_ms'] / d['p50_ms']:.2f} (+{f['p50_ms'] - d['p50_ms']:.2f} ms)"
               f"  p99 x{f['p99_ms'] / d['p99_ms']:.2f}")
+    print("\nspill on/off: front-end CPU per request (target: at most x1.10)")
+    for r in rows:
+        if r["target"] != "frontend+spill":
+            continue
+        off = next(x for x in rows if x["target"] == "frontend" and x["model"] == r["model"]
+                   and x["concurrency"] == r["concurrency"])
+        print(f"{r['model']:9} c={r['concurrency']:<3} "
+              f"x{r['frontend_cpu_ms_per_request'] / off['frontend_cpu_ms_per_request']:.3f}"
+              f"  ({off['frontend_cpu_ms_per_request']:.3f} -> "
+              f"{r['frontend_cpu_ms_per_request']:.3f} ms)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2))
 

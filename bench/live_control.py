@@ -42,6 +42,7 @@ from mark.core.config import (  # noqa: E402
     ControlConfig,
     FleetConfig,
     FrontendConfig,
+    FunctionsConfig,
     MarkConfig,
     ModelConfig,
 )
@@ -73,6 +74,7 @@ def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
         fleet=FleetConfig(instances=0, launch_delay_s=launch_delay_s),
         control=ControlConfig(interval_s=INTERVAL_S, types=list(CPU_TYPES)),
         frontend=FrontendConfig(port=0, workers=1),
+        faas=FunctionsConfig(enabled=False),  # the policy plans with FaaS unavailable
         runtime_dir=runtime,
     )
 

@@ -16,8 +16,10 @@ from sanic.response import HTTPResponse
 
 from frontend.admin import AdminApi, add_admin_routes
 from frontend.arrivals import ArrivalCounter
+from frontend.faas import FaasSpill
 from frontend.fleet import Fleet
 from frontend.protocol import ModelMetadata, decode_body, parse_infer
+from frontend.spill import InstanceQueue
 from frontend.stats import sum_model_stats
 from frontend.timing import RequestTiming, TimingLog
 from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamReply
@@ -65,6 +67,12 @@ class FrontEnd:
     Every inference request for a known model is counted in ``arrivals`` (per second: the
     control loop's forecasts read them); ``inflight`` holds the requests out at each
     instance now (a drain waits for zero). ``admin`` serves the ``/admin`` routes.
+
+    Spill (``faas``, when set): a request goes to its model's function instead of the
+    instance WRR picked when the instance's predicted completion (:mod:`frontend.spill`, fed
+    with the plan's batch times and wait budget, carried in ``inst.extra["spill"]``) puts the
+    SLO at risk, when no instance is ready (the planner's zero-instance tier), or when the
+    retry after a dead instance has nowhere to go.
     """
 
     def __init__(self, cfg: MarkConfig, fleet: Fleet, upstream: Upstream,
@@ -76,6 +84,9 @@ class FrontEnd:
         self.arrivals = ArrivalCounter([m.name for m in cfg.models])
         self.inflight: dict[str, int] = {}
         self.admin = admin
+        self.faas: FaasSpill | None = None
+        self._queues: dict[str, InstanceQueue] = {}
+        self._spill_margin_s = cfg.frontend.spill_margin_ms / 1000.0
         self.models = {m.name: m for m in cfg.models}
         self.budget_s = {m.name: cfg.frontend.request_budget_s(m.slo_latency_ms) for m in cfg.models}
         self._where_cache: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
@@ -84,6 +95,34 @@ class FrontEnd:
     def _instance_left(self, inst: Instance) -> None:
         self.upstream.drop(inst.url)
         self._where_cache.pop(inst.id, None)
+        self._queues.pop(inst.id, None)
+
+    def _queue(self, inst: Instance) -> InstanceQueue | None:
+        """The spill model of ``inst`` (None when the plan gave it none)."""
+        params = inst.extra.get("spill")
+        if params is None:
+            return None
+        q = self._queues.get(inst.id)
+        if q is None or q.params is not params:
+            q = self._queues[inst.id] = InstanceQueue(params, self._spill_margin_s)
+        return q
+
+    async def _spill(self, model: str, body: bytes | bytearray, fwd: dict[str, str], arrival: float,
+                     deadline: float, attempts: int) -> HTTPResponse:
+        assert self.faas is not None
+        sent = time.perf_counter()
+        if sent >= deadline:
+            raise UpstreamTimeout(f"model {model!r}: the request's deadline passed before it "
+                                  "could spill")
+        reply = await self.faas.submit(model, body, fwd, deadline)
+        done = time.perf_counter()
+        fn = self.faas.function(model)
+        self.timings.add(RequestTiming(model, f"faas:{fn}", "faas", arrival, sent - arrival,
+                                       done - sent, reply.status, attempts))
+        raw = [(_FWD_RESP_BYTES[k], v.encode("latin-1"))
+               for k in _FWD_RESP if (v := reply.headers.get(k)) is not None]
+        raw.extend(((b"x-mark-backend", b"faas"), (b"x-mark-instance", f"faas:{fn}".encode())))
+        return ProxyResponse(reply.body, reply.status, raw)
 
     # -- helpers -------------------------------------------------------------------------
     def _where(self, instance_id: str) -> tuple[tuple[bytes, bytes], ...]:
@@ -119,6 +158,9 @@ class FrontEnd:
                 meta = ModelMetadata.from_triton(orjson.loads(reply.body))
                 self.fleet.metadata[model] = meta
                 return meta
+        fallback = self.fleet.fallback_metadata.get(model)
+        if fallback is not None and self.faas is not None:  # functions alone serve it now
+            return ModelMetadata.from_triton(fallback)
         raise self._unavailable(model)
 
     # -- handlers ------------------------------------------------------------------------
@@ -203,17 +245,31 @@ class FrontEnd:
         decoded = body if encoding is None else await decode_body(
             body, encoding, self.cfg.frontend.max_body_bytes)
         info = parse_infer(decoded, hdrs.get("inference-header-content-length"), meta)
-        del decoded
         fwd = {k: v for k in _FWD_REQ if (v := hdrs.get(k)) is not None}
         path = f"/v2/models/{model}/versions/{version}/infer" if version else request.path
+        faas = self.faas if self.fleet.spill.get(model, False) else None
         tried: list[str] = []
         last: UpstreamConnectionError | None = None
         for _attempt in range(2):  # one retry, on another instance, if the first one died
             inst = self.fleet.pick(model, info.batch_size, tried)
             if inst is None:
+                if faas is not None:  # no instance (the FaaS tier), or none for the retry
+                    spill_hdrs = {k: v for k, v in fwd.items() if k != "content-encoding"}
+                    return await self._spill(model, decoded, spill_hdrs, arrival, deadline,
+                                             len(tried) + 1)
                 if last is None:
                     raise self._unavailable(model)
                 break
+            if faas is not None and (q := self._queue(inst)) is not None:
+                now = time.perf_counter()
+                if inst.id in self.inflight:
+                    q.busy_now(now)
+                else:
+                    q.idle(now)
+                if not q.admit(now):  # the SLO is at risk there: spill
+                    spill_hdrs = {k: v for k, v in fwd.items() if k != "content-encoding"}
+                    return await self._spill(model, decoded, spill_hdrs, arrival, deadline,
+                                             len(tried) + 1)
             sent = time.perf_counter()
             left_s = deadline - sent
             if left_s <= 0:

@@ -67,13 +67,15 @@ class WorkerReport:
     counts: dict[str, dict[int, int]] = field(default_factory=dict)
     inflight: dict[str, int] = field(default_factory=dict)
     written_at_s: float = 0.0  # monotonic
+    faas_usd: float = 0.0  # what this process's FaaS invocations cost so far
 
 
 def write_report(path: Path, counter: ArrivalCounter, seq: int,
-                 inflight: Mapping[str, int]) -> None:
+                 inflight: Mapping[str, int], faas_usd: float = 0.0) -> None:
     """Atomically replace ``path`` with this process's report."""
     doc = {"pid": os.getpid(), "seq": seq, "counts": counter.export(),
-           "inflight": {k: v for k, v in inflight.items() if v}, "written_at_s": time.monotonic()}
+           "inflight": {k: v for k, v in inflight.items() if v}, "written_at_s": time.monotonic(),
+           "faas_usd": faas_usd}
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
@@ -93,6 +95,7 @@ def read_reports(directory: Path) -> list[WorkerReport]:
                         for m, per in d.get("counts", {}).items()},
                 inflight={str(k): int(v) for k, v in d.get("inflight", {}).items()},
                 written_at_s=float(d.get("written_at_s", 0.0)),
+                faas_usd=float(d.get("faas_usd", 0.0)),
             ))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("cannot read worker report %s: %s", p, exc)

@@ -11,6 +11,7 @@ from typing import Any
 
 from frontend.protocol import ModelMetadata
 from frontend.routing import WeightedRoundRobin
+from frontend.spill import SpillParams
 from mark.core.instances import Instance, InstanceState, Market
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,13 @@ class Fleet:
         self.on_leave: list[Callable[[Instance], None]] = []
         self.snapshot_seq = 0  # of the last snapshot written (control plane) or applied (worker)
         self.admin_url = ""  # the control plane's private admin address (for workers)
+        self.faas_url = ""  # the Lambda endpoint spilled requests go to ("" = no spill)
+        # model metadata known without an instance (used only while none answers)
+        self.fallback_metadata: dict[str, dict[str, Any]] = {}
+        # from the serving plan, per model: whether requests may spill, and the FaaS buffer
+        # (batch, timeout_s); per instance, inst.extra["spill"] holds its SpillParams
+        self.spill: dict[str, bool] = {}
+        self.faas_settings: dict[str, tuple[int, float]] = {}
 
     def _left(self, inst: Instance) -> None:
         for callback in self.on_leave:
@@ -54,11 +62,16 @@ class Fleet:
         return {
             "seq": seq,
             "admin_url": self.admin_url,
+            "faas_url": self.faas_url,
+            "fallback_metadata": self.fallback_metadata,
+            "spill": self.spill,
+            "faas_settings": {m: list(v) for m, v in self.faas_settings.items()},
             "instances": [
                 {"id": i.id, "url": i.url, "instance_type": i.instance_type,
                  "market": i.market.value, "state": i.state.value,
-                 "capacity_rps": i.capacity_rps, "models": list(i.models),
-                 "launched_at_s": i.launched_at_s}
+                 "capacity_rps": float(i.capacity_rps), "models": list(i.models),
+                 "launched_at_s": i.launched_at_s,
+                 **({"spill": sp.to_json()} if (sp := i.extra.get("spill")) is not None else {})}
                 for i in self.instances.values()
             ],
             "metadata": {m: meta.raw for m, meta in self.metadata.items()},
@@ -80,17 +93,27 @@ class Fleet:
         """Adopt the control plane's view; local UNHEALTHY marks stand until it changes."""
         self.snapshot_seq = int(snap.get("seq", 0))
         self.admin_url = str(snap.get("admin_url", ""))
+        self.faas_url = str(snap.get("faas_url", ""))
+        self.fallback_metadata = dict(snap.get("fallback_metadata", {}))
+        self.spill = {str(m): bool(v) for m, v in snap.get("spill", {}).items()}
+        self.faas_settings = {str(m): (int(v[0]), float(v[1]))
+                              for m, v in snap.get("faas_settings", {}).items()}
         fresh: dict[str, Instance] = {}
         for d in snap["instances"]:
             state = InstanceState(d["state"])
             old = self.instances.get(d["id"])
             if old is not None and old.state == InstanceState.UNHEALTHY and state == InstanceState.READY:
                 state = InstanceState.UNHEALTHY  # we saw it fail; our health recheck decides
+            extra: dict[str, Any] = {"remote_state": d["state"]}
+            if "spill" in d:
+                same = old is not None and isinstance(old.extra.get("spill"), SpillParams) \
+                    and old.extra["spill"].to_json() == d["spill"]
+                extra["spill"] = old.extra["spill"] if same and old is not None \
+                    else SpillParams.from_json(d["spill"])
             fresh[d["id"]] = Instance(
                 id=d["id"], url=d["url"], instance_type=d["instance_type"],
                 market=Market(d["market"]), state=state, launched_at_s=d["launched_at_s"],
-                capacity_rps=d["capacity_rps"], models=tuple(d["models"]),
-                extra={"remote_state": d["state"]},
+                capacity_rps=d["capacity_rps"], models=tuple(d["models"]), extra=extra,
             )
         gone = [i for iid, i in self.instances.items()
                 if iid not in fresh or fresh[iid].url != i.url]

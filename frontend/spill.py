@@ -9,6 +9,9 @@ batch times) must fit the type's wait budget from the serving plan, and so must 
 request of the batch it joins; otherwise it spills (``admit`` returns False and changes
 nothing).
 
+Live, ``margin_s`` (``frontend.spill_margin_ms``) is kept back from the budget for what
+the model does not see: the HTTP hops and Triton's own overhead per request.
+
 Reality corrects the model: when an instance has nothing in flight, its queue is empty
 (``idle``), however slow or fast the model predicted; and while requests are in flight it is
 busy at least until now.
@@ -54,6 +57,7 @@ class InstanceQueue:
     """One instance's queue as the front end models it (see the module docstring)."""
 
     params: SpillParams
+    margin_s: float = 0.0  # kept back from the budget: HTTP, Triton and front-end overhead
     busy_s: float = 0.0  # the dispatched batches finish then
     first_s: float = 0.0  # arrival of the open batch's first request
     count: int = 0  # requests in the open batch
@@ -86,7 +90,8 @@ class InstanceQueue:
             if t >= disp:
                 self.busy_s, self.count = disp + p.svc_s[self.count], 0
         latency, oldest = self.predict_s(t)
-        if latency > p.budget_s or oldest > p.budget_s:
+        budget = p.budget_s - self.margin_s
+        if latency > budget or oldest > budget:
             self.refused += 1
             return False
         self.admitted += 1

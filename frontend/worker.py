@@ -27,6 +27,7 @@ import uvloop
 from frontend.admin import ProxyAdmin
 from frontend.app import FrontEnd, create_app
 from frontend.arrivals import write_report
+from frontend.faas import make_spill
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
 from mark.core.config import MarkConfig
@@ -51,8 +52,9 @@ async def report(front: FrontEnd, path: Path, period_s: float = 0.25) -> None:
     try:
         while True:
             try:
+                usd = front.faas.invoker.stats.usd if front.faas is not None else 0.0
                 await asyncio.to_thread(write_report, path, front.arrivals,
-                                        front.fleet.snapshot_seq, dict(front.inflight))
+                                        front.fleet.snapshot_seq, dict(front.inflight), usd)
             except OSError as exc:
                 log.warning("cannot write worker report %s: %s", path, exc)
             await asyncio.sleep(period_s)
@@ -88,6 +90,8 @@ async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None
     front = FrontEnd(cfg, fleet, upstream)
     if fleet.admin_url:
         front.admin = ProxyAdmin(fleet.admin_url, upstream)
+    if fleet.faas_url:
+        front.faas = make_spill(cfg, fleet, fleet.faas_url)
     app = create_app(front)
     sock = socket.socket(fileno=fd)
     server = await app.create_server(sock=sock, return_asyncio_server=True)

@@ -28,6 +28,7 @@ from sanic.response import HTTPResponse
 
 from frontend.admin import add_admin_routes
 from frontend.app import FrontEnd, create_app, error_response
+from frontend.faas import make_spill
 from frontend.fleet import Fleet
 from frontend.upstream import Upstream
 from mark.backends import Backend, LaunchSpec, make_backend
@@ -45,6 +46,8 @@ from mark.control import (
 from mark.core.clock import WallClock
 from mark.core.config import MarkConfig
 from mark.core.instances import Instance, InstanceState
+from mark.faas.runtime import FunctionRuntime
+from mark.models.repository import model_metadata
 from mark.profiling import ensure_measured
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class LocalCluster:
                                  self.reports_dir if self.workers > 1 else None)
         self.control: ControlLoop | None = None
         self._admin_server: Any = None
+        self.runtime: FunctionRuntime | None = None
 
     @property
     def url(self) -> str:
@@ -109,6 +113,10 @@ class LocalCluster:
         if to_measure:
             measured = {m.name: await ensure_measured(self.cfg, m) for m in to_measure}
             self.controls = build_controls(self.cfg, measured=measured)
+        if self.cfg.faas.enabled and self.controls:  # spill follows a plan's budgets
+            await self._start_faas()
+        for m in self.cfg.models:
+            self.fleet.fallback_metadata[m.name] = model_metadata(m)
         self.backend = make_backend(self.cfg.fleet.backend, self.cfg, self._on_exit,
                                     self._on_notice)
         budget = max(self.front.budget_s.values(), default=30.0)
@@ -118,7 +126,7 @@ class LocalCluster:
             history_s=self.cfg.control.history_s, ready_timeout_s=self.cfg.fleet.ready_timeout_s,
             drain_timeout_s=budget + 1.0, settle_s=1.0 if self.workers > 1 else 0.0,
             decisions_kept=self.cfg.control.decisions_kept, warm_start=self.warm_start,
-            min_instances=self.cfg.control.min_instances,
+            min_instances=self.min_instances, faas=self.front.faas is not None,
         )
         self.front.admin = ControlAdmin(self.control, self.backend)
         await asyncio.to_thread(self._clear_reports)
@@ -145,6 +153,28 @@ class LocalCluster:
             await self._start_workers(sock)
             log.info("%d front-end worker processes share the port", self.workers)
 
+    @property
+    def min_instances(self) -> int:
+        """``control.min_instances``, else 0 with FaaS (functions alone), 1 without."""
+        if self.cfg.control.min_instances is not None:
+            return self.cfg.control.min_instances
+        return 0 if self.cfg.faas.enabled and self.controls else 1
+
+    async def _start_faas(self) -> None:
+        """The spill path: the local function runtime (unless an endpoint is configured) and
+        this process's client; workers get the endpoint through the fleet snapshot."""
+        endpoint = self.cfg.faas.endpoint_url
+        if endpoint is None:
+            self.runtime = FunctionRuntime(self.cfg)
+            await self.runtime.start()
+            endpoint = self.runtime.url
+        self.fleet.faas_url = endpoint
+        self.front.faas = make_spill(self.cfg, self.fleet, endpoint)
+        spill = self.front.faas
+        self.ledger.faas_sources.append(lambda: spill.invoker.stats.usd)
+        self.ledger.faas_sources.append(
+            lambda: sum(r.faas_usd for r in self.counts.reports()))
+
     def _clear_reports(self) -> None:
         """Remove reports of workers of an earlier run."""
         if self.reports_dir.is_dir():
@@ -167,13 +197,16 @@ class LocalCluster:
                               max_batch_size=ts.batch.max_batch,
                               max_queue_delay_us=round(ts.batch.max_queue_delay_s * 1e6),
                               ready_after_s=0.0)
-            launches += [self._add(spec, ts.capacity_rps) for _ in range(n)]
+            launches += [self._add(spec, ts.capacity_rps, mc) for _ in range(n)]
         await asyncio.gather(*launches)
 
-    async def _add(self, spec: LaunchSpec, capacity_rps: float) -> Instance:
+    async def _add(self, spec: LaunchSpec, capacity_rps: float,
+                   mc: ModelControl | None = None) -> Instance:
         assert self.backend is not None
         inst = await self.backend.launch(spec)
         inst.capacity_rps = capacity_rps
+        if mc is not None and self.control is not None:
+            self.control.serve_as_planned(mc, inst)
         self.ledger.start(inst)
         try:
             await self.backend.wait_ready(inst.id, self.cfg.fleet.ready_timeout_s)
@@ -309,6 +342,11 @@ class LocalCluster:
             self._admin_server = None
             release_port(self._admin_port)
         await self.upstream.close()
+        if self.front.faas is not None:
+            await self.front.faas.close()
+        if self.runtime is not None:
+            await self.runtime.stop()
+            self.runtime = None
         if self.backend is not None:
             await self.backend.close()
         if not self.cfg.frontend.port:

@@ -12,7 +12,14 @@ import pytest
 from frontend.admin import Forbidden, _loopback_only
 from mark.backends import FakeBackend
 from mark.cluster import LocalCluster
-from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import (
+    ControlConfig,
+    FleetConfig,
+    FrontendConfig,
+    FunctionsConfig,
+    MarkConfig,
+    ModelConfig,
+)
 
 
 def config(tmp_path: Any, **control: Any) -> MarkConfig:
@@ -23,6 +30,7 @@ def config(tmp_path: Any, **control: Any) -> MarkConfig:
         control=ControlConfig(interval_s=0.5, types=["c5.xlarge"], health_failures=3,
                               **control),
         frontend=FrontendConfig(port=0, workers=1),
+        faas=FunctionsConfig(enabled=False),
         runtime_dir=tmp_path,
     )
 

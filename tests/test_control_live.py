@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 
 from mark.cluster import ClusterThread
-from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
+from mark.core.config import (
+    ControlConfig,
+    FleetConfig,
+    FrontendConfig,
+    FunctionsConfig,
+    MarkConfig,
+    ModelConfig,
+)
 from mark.loadgen import LoadClient
 
 MODEL = "incep"
@@ -39,6 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]
         ),
         # a generous deadline: what this test counts is requests lost, not slow ones
         frontend=FrontendConfig(port=0, workers=2, attempt_timeout_slo_factor=60.0),
+        faas=FunctionsConfig(enabled=False),  # the loop as issue 17 left it: no spill
         runtime_dir=tmp_path_factory.mktemp("control-live"),
     )
     c = ClusterThread(cfg)

@@ -20,6 +20,6 @@ def build_controls(cfg: MarkConfig, catalogue: Catalogue | None = None,
     for m in cfg.models:
         ctx = policy_context(cfg, m, catalogue, (measured or {}).get(m.name))
         policy = build_policy(cfg.control.policy, ctx, cfg.control.interval_s,
-                              cfg.control.policy_options)
+                              cfg.control.policy_options, faas=cfg.faas.enabled)
         out[m.name] = ModelControl(m.name, policy, ctx, initial_serving(policy, ctx))
     return out

@@ -4,11 +4,12 @@ Each instance is billed from its launch (booting is billed, as on EC2) to its en
 second with the catalogue's minimum (60 s) per lifetime (:mod:`mark.core.billing`), at its
 type's price in its market. An instance still running is billed up to ``now`` (its
 minimum included). Types the catalogue does not know (``local``) cost nothing. FaaS joins
-the ledger with the spill path (``add_faas``).
+the ledger from the front-end processes that invoke functions (``faas_sources``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mark.core.billing import instance_cost_usd
@@ -34,6 +35,9 @@ class CostLedger:
         self.granularity_s = catalogue.billing_granularity_s
         self._entries: dict[str, _Entry] = {}
         self._faas_usd = 0.0
+        #: callables giving FaaS spend (USD, cumulative) billed elsewhere: each front-end
+        #: process bills the invocations it makes
+        self.faas_sources: list[Callable[[], float]] = []
 
     def price_usd_per_h(self, instance_type: str, market: Market) -> float:
         if instance_type not in self.catalogue.instances:
@@ -70,8 +74,8 @@ class CostLedger:
         for iid, e in self._entries.items():
             by[e.market] += self.cost_of(iid, now_s)
         od, sp = by[Market.ON_DEMAND], by[Market.SPOT]
-        return {"total": od + sp + self._faas_usd, "on_demand": od, "spot": sp,
-                "faas": self._faas_usd}
+        faas = self._faas_usd + sum(f() for f in self.faas_sources)
+        return {"total": od + sp + faas, "on_demand": od, "spot": sp, "faas": faas}
 
     def instance_seconds(self, now_s: float) -> float:
         return sum((e.end_s if e.end_s is not None else now_s) - e.start_s

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from frontend.fleet import Fleet
+from frontend.spill import SpillParams
 from mark.backends.base import Backend, LaunchSpec
 from mark.control.counts import CountSource, InflightSource
 from mark.control.ledger import CostLedger
@@ -113,6 +114,7 @@ class ControlLoop:
         decisions_kept: int = 10_000,
         warm_start: Mapping[str, np.ndarray] | None = None,
         min_instances: int = 0,
+        faas: bool = False,
     ) -> None:
         self.models = dict(models)
         self.backend = backend
@@ -130,6 +132,9 @@ class ControlLoop:
         self.decisions: deque[dict[str, Any]] = deque(maxlen=decisions_kept)
         self.warm_start = dict(warm_start or {})
         self.min_instances = min_instances
+        self.faas = faas  # requests may spill (the front end has a FaaS path)
+        for mc in self.models.values():
+            self.apply_plan(mc)
         self.epoch = float(math.floor(clock.now()))
         for mc in self.models.values():
             mc.hist_start = int(self.epoch)
@@ -266,14 +271,7 @@ class ControlLoop:
     async def _apply(self, mc: ModelControl, dec: Decision, starting: bool) -> None:
         if dec.serving is not None:
             mc.plan = dec.serving
-            changed = False
-            for inst in self.instances_of(mc.model):
-                ts = mc.plan.types.get(inst.instance_type)
-                if ts is not None and inst.capacity_rps != ts.capacity_rps:
-                    inst.capacity_rps = ts.capacity_rps
-                    changed = True
-            if changed:
-                self.fleet.refresh()
+            self.apply_plan(mc)
         ending = [i for i in dec.terminate if i in self.fleet.instances]
         staying = [i for i in self.instances_of(mc.model)
                    if i.state not in _LEAVING and i.id not in ending]
@@ -298,6 +296,27 @@ class ControlLoop:
                 log.error("launch of %s (%s) for %s failed: %s", order.instance_type,
                           order.market.value, mc.model, res)
 
+    def apply_plan(self, mc: ModelControl) -> None:
+        """Put ``mc.plan`` into the front end's view: each instance's weight (its type's
+        capacity) and spill model, the model's spill switch and FaaS buffer settings."""
+        for inst in self.instances_of(mc.model):
+            self.serve_as_planned(mc, inst)
+        self.fleet.spill[mc.model] = mc.plan.spill and self.faas
+        self.fleet.faas_settings[mc.model] = (mc.plan.faas.batch, mc.plan.faas.timeout_s)
+        self.fleet.refresh()
+
+    def serve_as_planned(self, mc: ModelControl, inst: Instance) -> None:
+        ts = mc.plan.types.get(inst.instance_type)
+        if ts is None:
+            return
+        inst.capacity_rps = ts.capacity_rps
+        table = mc.ctx.profile.of(inst.instance_type).table_s()
+        params = SpillParams.of(table.tolist(), ts.batch.max_batch, ts.batch.max_queue_delay_s,
+                                ts.wait_budget_s)
+        old = inst.extra.get("spill")
+        if old != params:
+            inst.extra["spill"] = params
+
     # ---- launches ---------------------------------------------------------------------
     def _spec(self, mc: ModelControl, instance_type: str, market: Market,
               ready_after_s: float | None) -> LaunchSpec:
@@ -321,9 +340,7 @@ class ControlLoop:
                         market=order.market.value, reason=f"{type(exc).__name__}: {exc}")
             await self._retry(mc, order, (*tried, order.instance_type), ready_after_s)
             return None
-        ts = mc.plan.types.get(inst.instance_type)
-        if ts is not None:
-            inst.capacity_rps = ts.capacity_rps
+        self.serve_as_planned(mc, inst)
         self.ledger.start(inst)
         self.fleet.upsert(inst)  # listed while pending; routed once ready
         self._event(mc, "launched", instance=inst.id, instance_type=inst.instance_type,

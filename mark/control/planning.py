@@ -9,10 +9,10 @@ not a fork of the policy:
   launch delay is the emulated boot (``fleet.launch_delay_s``; the local backend's Triton
   starts meanwhile, so at least its start), so the plan expects new capacity when it
   really comes;
-- until the FaaS path exists the live service cannot spill, so policies that take a
-  ``spill`` option get ``spill=False`` (FaaS unavailable, as ``mark-no-faas`` plans), and
-  FaaS-only policies (``lambda``, ``batch``) and policies that need the future
-  (``oracle``) are refused with the reason.
+- with FaaS off (``faas.enabled: false``) the live service cannot spill, so policies that
+  take a ``spill`` option get ``spill=False`` (FaaS unavailable) and FaaS-only policies
+  (``lambda``, ``batch``) are refused with the reason; policies that need the future
+  (``oracle``) are refused always.
 """
 
 from __future__ import annotations

@@ -158,6 +158,11 @@ class FrontendConfig(_Strict):
         description="hard cap on connections open to one instance, busy or idle (connections); "
         "requests beyond it wait, first come first served, within their deadline (else 504)",
     )
+    spill_margin_ms: float = Field(
+        60.0, ge=0, description="kept back from a type's wait budget when the front end "
+        "predicts a request's completion at an instance (ms): the HTTP hops and Triton's own "
+        "overhead per request, which the queueing model does not see",
+    )
     timing_log_size: int = Field(100_000, gt=0, description="per-request timing records kept")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
     workers: int | Literal["auto"] = Field(
@@ -204,9 +209,10 @@ class ControlConfig(_Strict):
     history_s: int = Field(
         86_400, ge=600, description="seconds of per-second arrival counts kept for the policy"
     )
-    min_instances: int = Field(
-        1, ge=0, description="instances per model the loop keeps whatever the policy plans "
-        "(a floor while the live service cannot spill to FaaS: with none, requests get 503)",
+    min_instances: int | None = Field(
+        None, ge=0, description="instances per model the loop keeps whatever the policy plans; "
+        "null: 0 with FaaS on (a quiet model runs on functions alone), 1 without (requests "
+        "would get 503)",
     )
     health_failures: int = Field(
         3, ge=1, description="consecutive failed health checks after which an instance is "
@@ -217,10 +223,33 @@ class ControlConfig(_Strict):
     )
 
 
+class FunctionsConfig(_Strict):
+    """The FaaS tier: a Lambda-compatible function per model (``mark faas`` locally)."""
+
+    enabled: bool = Field(True, description="spill to functions and plan with the FaaS tier")
+    host: str = Field("127.0.0.1", description="the local function runtime's listen address")
+    port: int = Field(9000, ge=0, le=65535, description="its port (0 = any free port)")
+    endpoint_url: str | None = Field(
+        None, description="Lambda endpoint to invoke (default: the local runtime at host:port; "
+        "AWS: null with region set)",
+    )
+    region: str = Field("us-east-1", description="AWS region of the functions")
+    function_prefix: str = Field("mark-", description="function name = prefix + model name")
+    concurrency: int = Field(16, ge=1, le=10_000,
+                             description="concurrent invocations per function (sandboxes)")
+    keep_alive_s: float = Field(300.0, gt=0, description="an idle sandbox expires after (s)")
+    memory_mb: int | None = Field(
+        None, ge=128, le=10_240, description="function memory (MB); null: from the plan"
+    )
+    timeout_s: float = Field(30.0, gt=0, le=900, description="a handler running longer is "
+                             "killed and reported as Sandbox.Timedout (s)")
+
+
 class MarkConfig(_Strict):
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    faas: FunctionsConfig = Field(default_factory=FunctionsConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     runtime_dir: Path = Field(
         Path(".runtime"), description="where model repositories and logs of instances go"

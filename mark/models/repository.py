@@ -200,3 +200,21 @@ def variant_repository(root: Path, models: list[ModelConfig], instance_type: str
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
     return final
+
+
+def model_metadata(model: ModelConfig) -> dict[str, object]:
+    """The KServe v2 model metadata Triton answers for ``model`` (``GET /v2/models/{m}``),
+    known without an instance: a front end with no instance of a model (FaaS alone) still
+    validates its requests."""
+    spec = MODEL_SPECS[model.kind]
+    lead = [-1] if model.max_batch_size > 0 else []
+
+    def tensors(ts: tuple[TensorSpec, ...]) -> list[dict[str, object]]:
+        return [{"name": t.name, "datatype": _V2_TYPES.get(t.triton_type, t.triton_type[5:]),
+                 "shape": [*lead, *t.dims]} for t in ts]
+
+    return {"name": model.name, "versions": ["1"], "platform": "python",
+            "inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs)}
+
+
+_V2_TYPES = {"TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}

@@ -1,0 +1,1 @@
+"""The ``identity`` model: a trivial one for tests and overhead benchmarks."""

@@ -1,0 +1,1 @@
+"""The ``profiled`` model: sleeps the profiled service time of each batch."""
