@@ -5,11 +5,13 @@ a child process so its CPU time can be read from /proc; each (model, concurrency
 direct and through the front end back to back in one run. Then a second `mark up` with the
 spill path on (control loop and FaaS runtime; the trivial model planned with the MiniLM
 profile so each request's completion is predicted, and kept: nothing spills at this load)
-is driven through the front end the same way: the spill check's cost per request.
+and the first one are driven through their front ends in alternating rounds (medians): the
+spill check's cost per request.
 Prints a table with the front/direct ratios and the spill on/off ratio of the front end's
 CPU per request, and writes JSON rows:
 {"model", "concurrency", "target", "throughput_rps", "p50_ms", "p99_ms",
- "frontend_cpu_ms_per_request"} (target: direct, frontend, frontend+spill).
+ "frontend_cpu_ms_per_request"} (target: direct, frontend, and "frontend (alt)" /
+"frontend+spill (alt)" for the alternating rounds, each round's CPU in "rounds_cpu_ms").
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 from mark.backends.local import free_port
 from mark.loadgen import LoadClient
@@ -85,6 +89,7 @@ async def drive(url: str, model: str, conc: int, duration: float) -> dict[str, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds, spill on/off")
     ap.add_argument("--json", default="bench/results/frontend_overhead.json")
     args = ap.parse_args()
     rows = []
@@ -100,18 +105,30 @@ def main() -> None:
                     per_req = cpu * 1000 / n if target == "frontend" else 0.0
                     rows.append({"model": model, "concurrency": conc, "target": target, **r,
                                  "frontend_cpu_ms_per_request": per_req})
-        finally:
-            proc.terminate()
-            proc.wait(30)
-        proc, front, _ = start_cluster(Path(tmp), spill=True)
-        try:
-            for model, conc in SPILL_CASES:
-                c0 = cpu_s(proc.pid)
-                r = asyncio.run(drive(front, model, conc, args.duration))
-                cpu = cpu_s(proc.pid) - c0
-                n = r.pop("requests")
-                rows.append({"model": model, "concurrency": conc, "target": "frontend+spill",
-                             **r, "frontend_cpu_ms_per_request": cpu * 1000 / n})
+            # the spill check's cost: both front ends up at once, driven in alternation
+            # (rounds, medians), so drift on the machine hits both alike
+            sproc, sfront, _ = start_cluster(Path(tmp), spill=True)
+            try:
+                for model, conc in SPILL_CASES:
+                    got: dict[str, list[dict[str, float]]] = {"frontend": [], "frontend+spill": []}
+                    for _ in range(args.rounds):
+                        for target, p, url in (("frontend", proc, front),
+                                               ("frontend+spill", sproc, sfront)):
+                            c0 = cpu_s(p.pid)
+                            r = asyncio.run(drive(url, model, conc, args.duration / 2))
+                            r["cpu_ms"] = (cpu_s(p.pid) - c0) * 1000 / r.pop("requests")
+                            got[target].append(r)
+                    for target, runs in got.items():
+                        med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
+                        rows.append({"model": model, "concurrency": conc,
+                                     "target": f"{target} (alt)",
+                                     "throughput_rps": med["throughput_rps"],
+                                     "p50_ms": med["p50_ms"], "p99_ms": med["p99_ms"],
+                                     "frontend_cpu_ms_per_request": med["cpu_ms"],
+                                     "rounds_cpu_ms": [round(x["cpu_ms"], 4) for x in runs]})
+            finally:
+                sproc.terminate()
+                sproc.wait(30)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -120,23 +137,25 @@ def main() -> None:
     for r in rows:
         print(f"{r['model']:9} {r['concurrency']:>4} {r['target']:14} {r['throughput_rps']:>8.1f} "
               f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['frontend_cpu_ms_per_request']:>13.3f}")
-    pairs = [r for r in rows if r["target"] != "frontend+spill"]
+    pairs = [r for r in rows if r["target"] in ("direct", "frontend")]
     print("\nfront/direct ratios")
     for d, f in zip(pairs[::2], pairs[1::2], strict=True):
         ratio = f["throughput_rps"] / d["throughput_rps"]
         print(f"{d['model']:9} c={d['concurrency']:<3} throughput x{ratio:.3f}"
               f"  p50 x{f['p50_ms'] / d['p50_ms']:.2f} (+{f['p50_ms'] - d['p50_ms']:.2f} ms)"
               f"  p99 x{f['p99_ms'] / d['p99_ms']:.2f}")
-    print("\nspill on/off: front-end CPU per request (target: at most x1.10)")
+    print("\nspill on/off: front-end CPU per request, medians of alternating rounds "
+          "(target: at most x1.10)")
     for r in rows:
-        if r["target"] != "frontend+spill":
+        if r["target"] != "frontend+spill (alt)":
             continue
-        off = next(x for x in rows if x["target"] == "frontend" and x["model"] == r["model"]
+        off = next(x for x in rows if x["target"] == "frontend (alt)" and x["model"] == r["model"]
                    and x["concurrency"] == r["concurrency"])
         print(f"{r['model']:9} c={r['concurrency']:<3} "
               f"x{r['frontend_cpu_ms_per_request'] / off['frontend_cpu_ms_per_request']:.3f}"
               f"  ({off['frontend_cpu_ms_per_request']:.3f} -> "
-              f"{r['frontend_cpu_ms_per_request']:.3f} ms)")
+              f"{r['frontend_cpu_ms_per_request']:.3f} ms; rounds {off['rounds_cpu_ms']} vs "
+              f"{r['rounds_cpu_ms']})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2))
 
