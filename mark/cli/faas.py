@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("faas", help="run the local AWS-Lambda-compatible function runtime")
     p.add_argument("--config", help="YAML/TOML configuration (models, faas section)")
     p.add_argument("--port", type=int, help="listen port (default: faas.port, 9000)")
+    p.add_argument("--gunicorn", action="store_true",
+                   help="serve under gunicorn (aiohttp's worker, one process)")
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,28 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gunicorn(args: argparse.Namespace) -> int:
+    """Replace this process with gunicorn serving :mod:`mark.faas.gunicorn`."""
+    import os
+    import sys
+
+    from mark.faas.gunicorn import CONFIG_ENV
+
+    cfg = load_config(args.config)
+    port = cfg.faas.port if args.port is None else args.port
+    os.environ[CONFIG_ENV] = cfg.model_dump_json()
+    argv = [sys.executable, "-m", "gunicorn", "mark.faas.gunicorn:app",
+            "--worker-class", "aiohttp.GunicornWebWorker", "--workers", "1",
+            "--bind", f"{cfg.faas.host}:{port}", "--graceful-timeout", "5"]
+    print(f"mark: functions {[cfg.faas.function_prefix + m.name for m in cfg.models]} under "
+          f"gunicorn on http://{cfg.faas.host}:{port}", flush=True)
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.gunicorn:
+        return _gunicorn(args)
     import uvloop
 
     return uvloop.run(_serve(args))

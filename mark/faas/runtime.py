@@ -101,22 +101,42 @@ class FunctionRuntime:
         """``http://host:port``: the ``endpoint_url`` for boto3 (the bound port once started)."""
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        """Serve on the running event loop; returns once the port is bound."""
+    def app(self) -> web.Application:
+        """The runtime as an aiohttp application: the Invoke API and ``/mark/stats``; its
+        startup starts the idle-sandbox reaper, its cleanup kills every sandbox (what
+        gunicorn's aiohttp worker runs, see :mod:`mark.faas.gunicorn`)."""
         app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1)
         app.router.add_post(API_PREFIX + "/{name}/invocations", self._invoke)
         app.router.add_get("/mark/stats", self._stats)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+
+        async def reap(_app: web.Application) -> None:
+            tick_s = min(1.0, max(0.05, min(p.keep_alive_s for p in self.functions.values()) / 4))
+            self._reaper = asyncio.create_task(self._reap(tick_s))
+
+        async def cleanup(_app: web.Application) -> None:
+            await self._close()
+
+        app.on_startup.append(reap)
+        app.on_cleanup.append(cleanup)
+        return app
+
+    async def start(self) -> None:
+        """Serve on the running event loop; returns once the port is bound."""
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        tick_s = min(1.0, max(0.05, min(p.keep_alive_s for p in self.functions.values()) / 4))
-        self._reaper = asyncio.create_task(self._reap(tick_s))
         log.info("function runtime on %s: %s", self.url, sorted(self.functions))
 
     async def stop(self) -> None:
         """Stop serving and kill every sandbox (idempotent)."""
+        await self._close()
+        if self._runner is not None:
+            await self._runner.cleanup()  # runs the app's cleanup: already closed, a no-op
+            self._runner = None
+
+    async def _close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
@@ -125,9 +145,6 @@ class FunctionRuntime:
             task.cancel()
         await asyncio.gather(*self._events, return_exceptions=True)
         await asyncio.gather(*(p.close() for p in self.functions.values()))
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def stats(self) -> dict[str, Any]:
         """Each function's counters and sandboxes (what ``GET /mark/stats`` returns)."""
