@@ -4,10 +4,15 @@
 on c5/m5 types, the control loop with the ``mark`` policy, a 20 s emulated boot) takes a
 Poisson load at a base rate for 2 minutes, twice that for 2 minutes, then the base again
 for 1 minute. Both arms start from the fleet the policy plans for the base rate (the same
-pre-roll). With spill, the front end sends a request to its model's function in the local
-Lambda-compatible runtime when its predicted completion at the instance WRR picked puts
-the SLO (98% under 500 ms) at risk, and the planner plans with the FaaS tier; without, the
-surge waits in the instances' queues until new instances are ready.
+pre-roll). Three arms:
+
+- ``spill``: the planner plans with the FaaS tier (lean: FaaS absorbs what a short
+  forecast miss leaves) and the front end sends a request to its model's function in the
+  local Lambda-compatible runtime when its predicted completion at the instance WRR picked
+  puts the SLO (98% under 500 ms) at risk;
+- ``lean plan, no spill``: the same plan, but the front end may not spill (the surge waits
+  in the instances' queues until new ones are ready): what spill is worth to that plan;
+- ``no FaaS``: FaaS off, so the planner plans without it (it holds the recent peak).
 
 Prints and writes, per arm: SLO attainment, p50/p98, spill share, lost, errors, cost (total
 and FaaS), FaaS invocations, cold starts and throttles.
@@ -72,11 +77,22 @@ def arrivals(base_rps: float, seed: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run_arm(spill: bool, base_rps: float, launch_delay_s: float, seed: int) -> dict[str, Any]:
+ARMS = {
+    # name: (FaaS on for the planner, the front end spills)
+    "spill": (True, True),
+    "lean plan, no spill": (True, False),
+    "no FaaS": (False, False),
+}
+
+
+def run_arm(arm: str, base_rps: float, launch_delay_s: float, seed: int) -> dict[str, Any]:
+    plan_faas, spill = ARMS[arm]
     with tempfile.TemporaryDirectory(prefix="mark-spill-") as tmp:
-        cfg = config(Path(tmp), spill, launch_delay_s)
+        cfg = config(Path(tmp), plan_faas, launch_delay_s)
         preroll = np.random.default_rng(seed + 1).poisson(base_rps, 600).astype(np.int64)
         cluster = ClusterThread(cfg, warm_start={MODEL: preroll})
+        if plan_faas and not spill:  # the plan counts on spill; the front end may not
+            cluster.cluster.front.faas = None
         try:
             at = arrivals(base_rps, seed)
 
@@ -94,7 +110,7 @@ def run_arm(spill: bool, base_rps: float, launch_delay_s: float, seed: int) -> d
                 lat = np.asarray(res.latencies_s)
                 fn = next(iter(stats.get("functions", stats).values()), {}) if stats else {}
                 return {
-                    "spill": spill, "requests": res.sent, "lost": res.lost,
+                    "arm": arm, "spill": spill, "requests": res.sent, "lost": res.lost,
                     "errors": sum(res.errors.values()),
                     "slo_attainment": float((lat <= SLO_S).sum() / res.sent),
                     "latency_ms": {k: round(v, 1) for k, v in res.percentiles_ms().items()},
@@ -118,16 +134,16 @@ def main() -> None:
     ap.add_argument("--json", default=str(REPO / "bench/results/spill.json"))
     args = ap.parse_args()
     rows = []
-    for spill in (True, False):
+    for arm in ARMS:
         t0 = time.perf_counter()
-        row = run_arm(spill, args.base, args.launch_delay, args.seed)
+        row = run_arm(arm, args.base, args.launch_delay, args.seed)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-    print(f"{'spill':6} {'SLO att':>8} {'p50 ms':>7} {'p98 ms':>8} {'spill':>6} {'lost':>5} "
+    print(f"{'arm':20} {'SLO att':>8} {'p50 ms':>7} {'p98 ms':>8} {'spill':>6} {'lost':>5} "
           f"{'errors':>6} {'cost $':>8} {'faas $':>8} {'invocations':>11} {'cold':>5} "
           f"{'429':>4}")
     for r in rows:
-        print(f"{'on' if r['spill'] else 'off':6} {r['slo_attainment']:8.2%} "
+        print(f"{r['arm']:20} {r['slo_attainment']:8.2%} "
               f"{r['latency_ms']['p50']:7.1f} {r['latency_ms']['p98']:8.1f} "
               f"{r['spill_share']:6.1%} {r['lost']:5d} {r['errors']:6d} "
               f"{(r['cost_usd'] or 0):8.4f} {r['faas_usd']:8.4f} {r['faas_invocations']:11d} "

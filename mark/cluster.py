@@ -165,7 +165,10 @@ class LocalCluster:
         this process's client; workers get the endpoint through the fleet snapshot."""
         endpoint = self.cfg.faas.endpoint_url
         if endpoint is None:
-            self.runtime = FunctionRuntime(self.cfg)
+            # deployed with the plan's memory per model (as a deploy to AWS would be; a
+            # later plan's memory is not applied to a running function)
+            memory = {m: mc.plan.faas.memory_mb for m, mc in self.controls.items()}
+            self.runtime = FunctionRuntime(self.cfg, memory_mb=memory)
             await self.runtime.start()
             endpoint = self.runtime.url
         self.fleet.faas_url = endpoint

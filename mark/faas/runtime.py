@@ -60,17 +60,20 @@ RETRY_AFTER_S = 1
 
 class FunctionRuntime:
     """The Invoke API on ``host:port`` (the configuration's ``faas`` ones by default; port 0
-    = any free port, see :attr:`url` once started)."""
+    = any free port, see :attr:`url` once started). ``memory_mb``: per model, the memory its
+    function is deployed with when ``faas.memory_mb`` is null (``mark up``: the plan's)."""
 
-    def __init__(self, cfg: MarkConfig, host: str | None = None, port: int | None = None) -> None:
+    def __init__(self, cfg: MarkConfig, host: str | None = None, port: int | None = None,
+                 memory_mb: dict[str, int] | None = None) -> None:
         self.cfg = cfg
         self.host = host if host is not None else cfg.faas.host
         self.port = port if port is not None else cfg.faas.port
         faas = cfg.faas
-        memory = faas.memory_mb or DEFAULT_MEMORY_MB
         cfg_json = cfg.model_dump_json()
         self.functions: dict[str, FunctionPool] = {}
         for model in cfg.models:
+            # faas.memory_mb, else the plan's for this model (``memory_mb``), else 3008
+            memory = faas.memory_mb or (memory_mb or {}).get(model.name) or DEFAULT_MEMORY_MB
             name = faas.function_prefix + model.name
             self.functions[name] = FunctionPool(
                 name, model.name, self._sandbox_env(name, model.name, memory, cfg_json),
