@@ -108,7 +108,7 @@ def run_arm(arm: str, base_rps: float, launch_delay_s: float, seed: int) -> dict
                         async with s.get(f"{cluster.cluster.runtime.url}/mark/stats") as r:
                             stats = await r.json()
                 lat = np.asarray(res.latencies_s)
-                fn = next(iter(stats.get("functions", stats).values()), {}) if stats else {}
+                fn = next(iter(stats.values()), {})  # the one function: {name: counters}
                 return {
                     "arm": arm, "spill": spill, "requests": res.sent, "lost": res.lost,
                     "errors": sum(res.errors.values()),
@@ -148,6 +148,14 @@ def main() -> None:
               f"{r['spill_share']:6.1%} {r['lost']:5d} {r['errors']:6d} "
               f"{(r['cost_usd'] or 0):8.4f} {r['faas_usd']:8.4f} {r['faas_invocations']:11d} "
               f"{r['cold_starts']:5d} {r['throttles']:4d}")
+    by = {r["arm"]: r for r in rows}
+    ref = by["no FaaS"]
+    print(f"\nagainst {'no FaaS'!r} (cost x, attainment points):")
+    for r in rows:
+        if r is ref or not (r["cost_usd"] and ref["cost_usd"]):
+            continue
+        print(f"{r['arm']:20} cost x{r['cost_usd'] / ref['cost_usd']:.2f}  attainment "
+              f"{100 * (r['slo_attainment'] - ref['slo_attainment']):+.2f}")
     doc = {"phases": [{"seconds": s, "x_base": x} for s, x in PHASES], "base_rps": args.base,
            "launch_delay_s": args.launch_delay, "rows": rows}
     Path(args.json).write_text(json.dumps(doc, indent=1))

@@ -86,6 +86,8 @@ class FrontEnd:
         self.admin = admin
         self.faas: FaasSpill | None = None
         self._queues: dict[str, InstanceQueue] = {}
+        self._fallback_meta: dict[str, ModelMetadata] = {}  # not cached in the fleet: an
+        # instance's own metadata replaces it as soon as one answers
         self._spill_margin_s = cfg.frontend.spill_margin_ms / 1000.0
         self.models = {m.name: m for m in cfg.models}
         self.budget_s = {m.name: cfg.frontend.request_budget_s(m.slo_latency_ms) for m in cfg.models}
@@ -110,6 +112,8 @@ class FrontEnd:
     async def _spill(self, model: str, body: bytes | bytearray, fwd: dict[str, str], arrival: float,
                      deadline: float, attempts: int) -> HTTPResponse:
         assert self.faas is not None
+        # the function gets the body decoded (``body``), so not its content-encoding
+        fwd = {k: v for k, v in fwd.items() if k != "content-encoding"}
         sent = time.perf_counter()
         if sent >= deadline:
             raise UpstreamTimeout(f"model {model!r}: the request's deadline passed before it "
@@ -160,7 +164,10 @@ class FrontEnd:
                 return meta
         fallback = self.fleet.fallback_metadata.get(model)
         if fallback is not None and self.faas is not None:  # functions alone serve it now
-            return ModelMetadata.from_triton(fallback)
+            meta = self._fallback_meta.get(model)
+            if meta is None or meta.raw is not fallback:
+                meta = self._fallback_meta[model] = ModelMetadata.from_triton(fallback)
+            return meta
         raise self._unavailable(model)
 
     # -- handlers ------------------------------------------------------------------------
@@ -254,8 +261,7 @@ class FrontEnd:
             inst = self.fleet.pick(model, info.batch_size, tried)
             if inst is None:
                 if faas is not None:  # no instance (the FaaS tier), or none for the retry
-                    spill_hdrs = {k: v for k, v in fwd.items() if k != "content-encoding"}
-                    return await self._spill(model, decoded, spill_hdrs, arrival, deadline,
+                    return await self._spill(model, decoded, fwd, arrival, deadline,
                                              len(tried) + 1)
                 if last is None:
                     raise self._unavailable(model)
@@ -267,8 +273,7 @@ class FrontEnd:
                 else:
                     q.idle(now)
                 if not q.admit(now):  # the SLO is at risk there: spill
-                    spill_hdrs = {k: v for k, v in fwd.items() if k != "content-encoding"}
-                    return await self._spill(model, decoded, spill_hdrs, arrival, deadline,
+                    return await self._spill(model, decoded, fwd, arrival, deadline,
                                              len(tried) + 1)
             sent = time.perf_counter()
             left_s = deadline - sent

@@ -62,7 +62,6 @@ class Invocation:
 @dataclass
 class FaasStats:
     invocations: int = 0
-    requests: int = 0
     throttles: int = 0
     errors: int = 0
     cold_starts: int = 0

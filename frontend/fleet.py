@@ -105,11 +105,10 @@ class Fleet:
             if old is not None and old.state == InstanceState.UNHEALTHY and state == InstanceState.READY:
                 state = InstanceState.UNHEALTHY  # we saw it fail; our health recheck decides
             extra: dict[str, Any] = {"remote_state": d["state"]}
-            if "spill" in d:
-                same = old is not None and isinstance(old.extra.get("spill"), SpillParams) \
-                    and old.extra["spill"].to_json() == d["spill"]
-                extra["spill"] = old.extra["spill"] if same and old is not None \
-                    else SpillParams.from_json(d["spill"])
+            if "spill" in d:  # the same object while unchanged: the front end keys on it
+                params = SpillParams.from_json(d["spill"])
+                kept = old.extra.get("spill") if old is not None else None
+                extra["spill"] = kept if kept == params else params
             fresh[d["id"]] = Instance(
                 id=d["id"], url=d["url"], instance_type=d["instance_type"],
                 market=Market(d["market"]), state=state, launched_at_s=d["launched_at_s"],

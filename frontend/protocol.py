@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from mark.core.errors import BadRequest, PayloadTooLarge
+from mark.core.v2 import split_body
 
 # bytes per element of each fixed-size v2 datatype; BYTES is length-prefixed
 DTYPE_SIZES: dict[str, int] = {
@@ -178,27 +177,7 @@ def parse_infer(
     ``raw`` is the body as sent, or decoded by :func:`decode_body` when it was compressed.
     """
     model = meta.name
-    if header_length is not None:
-        try:
-            hlen = int(header_length)
-        except ValueError:
-            raise BadRequest(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-            ) from None
-        if not 0 < hlen <= len(raw):
-            raise BadRequest(
-                f"Inference-Header-Content-Length {hlen} is outside the body "
-                f"(body has {len(raw)} bytes)"
-            )
-        header_bytes, binary = raw[:hlen], memoryview(raw)[hlen:]
-    else:
-        header_bytes, binary = raw, memoryview(b"")
-    try:
-        doc = orjson.loads(header_bytes)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BadRequest(f"request body must be a JSON object, got {type(doc).__name__}")
+    doc, binary = split_body(raw, header_length)
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("'inputs' must be a non-empty list of tensors")

@@ -64,15 +64,20 @@ class InstanceQueue:
     admitted: int = field(default=0)
     refused: int = field(default=0)
 
+    def _dispatched(self, t: float) -> tuple[float, int]:
+        """(busy until, open batch size) at ``t``: an open batch whose dispatch time has come
+        has left (the instance is busy with it)."""
+        if self.count > 0:
+            disp = max(self.busy_s, self.first_s + self.params.delay_s)
+            if t >= disp:
+                return disp + self.params.svc_s[self.count], 0
+        return self.busy_s, self.count
+
     def predict_s(self, t: float) -> tuple[float, float]:
         """(latency of a request arriving at ``t``, age at completion of the open batch's
         oldest request), without admitting it."""
         p = self.params
-        busy, cnt = self.busy_s, self.count
-        if cnt > 0:
-            disp = max(busy, self.first_s + p.delay_s)
-            if t >= disp:  # the open batch has left
-                busy, cnt = disp + p.svc_s[cnt], 0
+        busy, cnt = self._dispatched(t)
         if cnt > 0:
             if cnt + 1 == p.max_batch:
                 done = max(busy, t) + p.svc_s[cnt + 1]
@@ -85,10 +90,7 @@ class InstanceQueue:
     def admit(self, t: float) -> bool:
         """Admit a request arriving at ``t`` if it and its batch stay within the budget."""
         p = self.params
-        if self.count > 0:
-            disp = max(self.busy_s, self.first_s + p.delay_s)
-            if t >= disp:
-                self.busy_s, self.count = disp + p.svc_s[self.count], 0
+        self.busy_s, self.count = self._dispatched(t)
         latency, oldest = self.predict_s(t)
         budget = p.budget_s - self.margin_s
         if latency > budget or oldest > budget:

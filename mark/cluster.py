@@ -45,7 +45,7 @@ from mark.control import (
 )
 from mark.core.clock import WallClock
 from mark.core.config import MarkConfig
-from mark.core.instances import Instance, InstanceState
+from mark.core.instances import Instance, InstanceState, Market
 from mark.faas.runtime import FunctionRuntime
 from mark.models.repository import model_metadata
 from mark.profiling import ensure_measured
@@ -192,15 +192,13 @@ class LocalCluster:
             )
             await asyncio.gather(*(self.add_instance(w) for w in weights))
             return
+        assert self.control is not None
         launches = []
         for mc in self.controls.values():  # n per model, of the plan's cheapest type
             itype = cheapest_type(mc.ctx, mc.plan, prefer=self.cfg.fleet.instance_type)
-            ts = mc.plan.types[itype]
-            spec = LaunchSpec(instance_type=itype, models=(mc.model,),
-                              max_batch_size=ts.batch.max_batch,
-                              max_queue_delay_us=round(ts.batch.max_queue_delay_s * 1e6),
-                              ready_after_s=0.0)
-            launches += [self._add(spec, ts.capacity_rps, mc) for _ in range(n)]
+            spec = self.control.spec_for(mc, itype, Market.ON_DEMAND, ready_after_s=0.0)
+            launches += [self._add(spec, mc.plan.types[itype].capacity_rps, mc)
+                         for _ in range(n)]
         await asyncio.gather(*launches)
 
     async def _add(self, spec: LaunchSpec, capacity_rps: float,

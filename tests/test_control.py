@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from frontend.fleet import Fleet
-from mark.backends import FakeBackend
+from mark.backends import FakeBackend, LaunchSpec
 from mark.control import ArrayCounts, ControlAdmin, ControlLoop, CostLedger, ModelControl
 from mark.control.planning import build_policy, initial_serving
 from mark.core.catalogue import Catalogue, load_catalogue
 from mark.core.clock import VirtualClock
 from mark.core.errors import Conflict, NotFound
-from mark.core.instances import InstanceState, Market
+from mark.core.instances import Instance, InstanceState, Market
 from mark.core.profiles import load_profile
 from mark.core.slo import Slo
 from mark.sim import simulate
@@ -333,10 +333,11 @@ def test_admin_reports_fleet_cost_and_decisions_and_refuses_bad_targets() -> Non
                     "info"} <= set(d)
         with pytest.raises(NotFound, match="known ids"):
             await admin.drain("nope")
-        od = next((f for f in fleet if f["market"] == "on_demand"), None)
-        if od is not None:
-            with pytest.raises(Conflict, match="on_demand"):
-                await admin.notice(od["id"])
+        # an on-demand instance (this plan chose spot only): no spot notice for it
+        od = await fake.launch(LaunchSpec("c5.large", Market.ON_DEMAND, (MODEL,)))
+        loop.fleet.upsert(od)
+        with pytest.raises(Conflict, match="on_demand"):
+            await admin.notice(od.id)
         victim = fleet[0]["id"]
         await admin.drain(victim)
         await _yield()
@@ -349,9 +350,6 @@ def test_admin_reports_fleet_cost_and_decisions_and_refuses_bad_targets() -> Non
 def test_ledger_bills_per_second_with_the_minimum_by_market() -> None:
     cat = load_catalogue()
     ledger = CostLedger(cat)
-    fake = FakeBackend(clock=VirtualClock(0.0))
-    from mark.core.instances import Instance
-
     a = Instance("a", "c5.large", Market.ON_DEMAND, InstanceState.READY, 0.0)
     b = Instance("b", "c5.large", Market.SPOT, InstanceState.READY, 0.0)
     c = Instance("c", "local", Market.ON_DEMAND, InstanceState.READY, 0.0)
@@ -364,7 +362,6 @@ def test_ledger_bills_per_second_with_the_minimum_by_market() -> None:
     assert t["spot"] == pytest.approx(price.price_usd_per_h("spot") / 3600 * 101)
     assert t["total"] == pytest.approx(t["on_demand"] + t["spot"])
     assert ledger.cost_of("c", 1000.0) == 0.0  # a type the catalogue does not know is free
-    del fake
 
 
 def test_a_real_model_is_planned_with_this_machines_measured_profile(tmp_path) -> None:

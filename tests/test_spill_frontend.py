@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,7 @@ def config(tmp: Any, instances: int = 1, faas: bool = True) -> MarkConfig:
     )
 
 
+@contextlib.contextmanager
 def cluster_of(cfg: MarkConfig) -> Iterator[ClusterThread]:
     c = ClusterThread(cfg)
     try:
@@ -51,12 +53,14 @@ def cluster_of(cfg: MarkConfig) -> Iterator[ClusterThread]:
 
 @pytest.fixture(scope="module")
 def spill_on(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
-    yield from cluster_of(config(tmp_path_factory.mktemp("spill-on")))
+    with cluster_of(config(tmp_path_factory.mktemp("spill-on"))) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def spill_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]:
-    yield from cluster_of(config(tmp_path_factory.mktemp("spill-off"), faas=False))
+    with cluster_of(config(tmp_path_factory.mktemp("spill-off"), faas=False)) as c:
+        yield c
 
 
 def step_load(c: ClusterThread, times: float, seconds: float, seed: int = 2,
@@ -130,7 +134,7 @@ def test_spilled_replies_say_where_they_were_served(spill_on: ClusterThread) -> 
 
 
 def test_no_instance_means_functions_alone(tmp_path_factory: pytest.TempPathFactory) -> None:
-    for c in cluster_of(config(tmp_path_factory.mktemp("faas-only"), instances=0)):
+    with cluster_of(config(tmp_path_factory.mktemp("faas-only"), instances=0)) as c:
         assert not c.cluster.fleet.instances
         import tritonclient.http as th
 
@@ -159,7 +163,7 @@ def test_no_instance_means_functions_alone(tmp_path_factory: pytest.TempPathFact
 
 def test_runtime_down_gives_clear_errors_and_no_request_unanswered(
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    for c in cluster_of(config(tmp_path_factory.mktemp("faas-down"))):
+    with cluster_of(config(tmp_path_factory.mktemp("faas-down"))) as c:
         assert c.cluster.runtime is not None
         c.call(c.cluster.runtime.stop())
         r = step_load(c, 3.0, 8.0, warm_first=False)
@@ -190,7 +194,7 @@ def test_throttled_functions_are_retried_then_answered_503(
     cfg.faas.concurrency = 8
     cfg.faas.endpoint_url = runtime.url
     try:
-        for c in cluster_of(cfg):
+        with cluster_of(cfg) as c:
             async def run(url: str) -> list[tuple[int, str, str]]:
                 async with aiohttp.ClientSession() as s:
                     async def one() -> tuple[int, str, str]:
@@ -221,7 +225,7 @@ def test_a_quiet_model_is_scaled_to_functions_alone(
     cfg = config(tmp_path_factory.mktemp("faas-tier"))
     cfg.control.interval_s = 1.0
     cfg.control.policy_options = {"hold_s": 2.0}
-    for c in cluster_of(cfg):
+    with cluster_of(cfg) as c:
         assert len(c.cluster.fleet.instances) == 1
         import time
 

@@ -40,8 +40,7 @@ class ControlAdmin:
         return out
 
     async def drain(self, instance_id: str) -> dict[str, Any]:
-        self._known(instance_id)
-        self.loop._spawn(self.loop.drain(instance_id, "drain requested"))
+        self.loop.start_drain(instance_id)
         return {"id": instance_id, "state": InstanceState.DRAINING.value}
 
     async def notice(self, instance_id: str) -> dict[str, Any]:

@@ -211,6 +211,14 @@ class ControlLoop:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def start_drain(self, instance_id: str, reason: str = "drain requested") -> None:
+        """Drain ``instance_id`` in the background (see :meth:`drain`); NotFound at once for
+        an unknown one."""
+        if instance_id not in self.fleet.instances:
+            raise NotFound(f"unknown instance {instance_id!r}; known ids: "
+                           f"{sorted(self.fleet.instances)}")
+        self._spawn(self.drain(instance_id, reason))
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -287,7 +295,7 @@ class ControlLoop:
             self._event(mc, "launch_by_floor", instance_type=itype, count=short,
                         min_instances=self.min_instances)
         for iid in ending:
-            self._spawn(self.drain(iid, "scale-in"))
+            self.start_drain(iid, "scale-in")
         launched = await asyncio.gather(
             *(self._launch(mc, o, ready_after_s=0.0 if starting else o.ready_after_s)
               for o in launches), return_exceptions=True)
@@ -318,8 +326,9 @@ class ControlLoop:
             inst.extra["spill"] = params
 
     # ---- launches ---------------------------------------------------------------------
-    def _spec(self, mc: ModelControl, instance_type: str, market: Market,
-              ready_after_s: float | None) -> LaunchSpec:
+    def spec_for(self, mc: ModelControl, instance_type: str, market: Market,
+                 ready_after_s: float | None) -> LaunchSpec:
+        """What to launch for ``mc``: its model, the plan's Triton batching for the type."""
         ts = mc.plan.types.get(instance_type)
         return LaunchSpec(
             instance_type=instance_type, market=market, models=(mc.model,),
@@ -332,7 +341,7 @@ class ControlLoop:
                       ready_after_s: float | None = None,
                       tried: tuple[str, ...] = ()) -> Instance | None:
         """Launch one instance; readiness is awaited in the background (retry on failure)."""
-        spec = self._spec(mc, order.instance_type, order.market, ready_after_s)
+        spec = self.spec_for(mc, order.instance_type, order.market, ready_after_s)
         try:
             inst = await self.backend.launch(spec)
         except Exception as exc:
@@ -391,7 +400,7 @@ class ControlLoop:
         """Take ``instance_id`` out of routing, let it finish what it holds, terminate it."""
         inst = self.fleet.instances.get(instance_id)
         if inst is None:
-            raise NotFound(f"unknown instance {instance_id!r}; known: "
+            raise NotFound(f"unknown instance {instance_id!r}; known ids: "
                            f"{sorted(self.fleet.instances)}")
         if instance_id in self._leaving:
             return

@@ -118,8 +118,7 @@ def cheapest_type(ctx: PolicyContext, plan: ServingPlan, market: Market = Market
         return prefer
     if not plan.types:
         raise ConfigError("no instance type of the profile can meet the SLO")
-    return min(plan.types, key=lambda t: ctx.price_usd_per_h(t, market)
-               / plan.types[t].capacity_rps)
+    return types_by_cost(ctx, plan, market)[0]
 
 
 def types_by_cost(ctx: PolicyContext, plan: ServingPlan, market: Market) -> list[str]:

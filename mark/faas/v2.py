@@ -24,7 +24,8 @@ import orjson
 
 from mark.core.config import ModelConfig
 from mark.core.errors import BadRequest
-from mark.models.repository import MODEL_SPECS, TensorSpec
+from mark.core.v2 import split_body
+from mark.models.repository import MODEL_SPECS, TensorSpec, v2_datatype
 
 # v2 datatype -> numpy dtype; BYTES is an object array of bytes
 NUMPY_TYPES: dict[str, Any] = {
@@ -33,13 +34,6 @@ NUMPY_TYPES: dict[str, Any] = {
     "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
     "BYTES": np.object_,
 }  # fmt: skip
-# Triton config type -> v2 datatype
-_V2_OF_CONFIG = {"TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}
-
-
-def v2_datatype(spec: TensorSpec) -> str:
-    """The v2 datatype of a tensor of the model configuration (``TYPE_FP32`` -> ``FP32``)."""
-    return _V2_OF_CONFIG.get(spec.triton_type, spec.triton_type.removeprefix("TYPE_"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,24 +181,7 @@ def decode_request(body: bytes, header_length: str | None, model: ModelConfig) -
     ``header_length`` is the ``Inference-Header-Content-Length`` header (None: all JSON).
     Batch sizes above the model's ``max_batch_size`` are refused, as Triton refuses them.
     """
-    if header_length is not None:
-        try:
-            hlen = int(header_length)
-        except ValueError:
-            raise BadRequest(f"Inference-Header-Content-Length must be an integer, got "
-                             f"{header_length!r}") from None
-        if not 0 < hlen <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {hlen} is outside the body "
-                             f"(body has {len(body)} bytes)")
-        header, binary = body[:hlen], memoryview(body)[hlen:]
-    else:
-        header, binary = body, memoryview(b"")
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BadRequest(f"request body must be a JSON object, got {type(doc).__name__}")
+    doc, binary = split_body(body, header_length)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("'inputs' must be a non-empty list of tensors")

@@ -210,11 +210,18 @@ def model_metadata(model: ModelConfig) -> dict[str, object]:
     lead = [-1] if model.max_batch_size > 0 else []
 
     def tensors(ts: tuple[TensorSpec, ...]) -> list[dict[str, object]]:
-        return [{"name": t.name, "datatype": _V2_TYPES.get(t.triton_type, t.triton_type[5:]),
-                 "shape": [*lead, *t.dims]} for t in ts]
+        return [{"name": t.name, "datatype": v2_datatype(t), "shape": [*lead, *t.dims]}
+                for t in ts]
 
     return {"name": model.name, "versions": ["1"], "platform": "python",
             "inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs)}
 
 
-_V2_TYPES = {"TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}
+
+# Triton config type -> v2 datatype, where the names differ
+_V2_OF_CONFIG = {"TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}
+
+
+def v2_datatype(spec: TensorSpec) -> str:
+    """The v2 datatype of a tensor of the model configuration (``TYPE_FP32`` -> ``FP32``)."""
+    return _V2_OF_CONFIG.get(spec.triton_type, spec.triton_type.removeprefix("TYPE_"))
