@@ -3,8 +3,9 @@
 The front end does not own the control plane; it serves whatever implements
 :class:`AdminApi` (the application's control plane in the serving process, or
 :class:`ProxyAdmin` in a worker process, which forwards to the control plane's private
-loopback address). Until the admin issue adds authentication, these routes answer only
-clients on loopback (403 otherwise).
+loopback address, with the admin token). Every route requires the admin bearer token
+(``authorization: Bearer <t>``: 401 without, 403 wrong); with no token configured they answer
+only clients on loopback (403 otherwise). See :mod:`frontend.auth`.
 
 - ``GET /admin/fleet``: the instances, each with ``id``, ``url``, ``model``,
   ``instance_type``, ``market``, ``state``, ``weight``, ``launched_at``, ``ready_at``,
@@ -13,18 +14,24 @@ clients on loopback (403 otherwise).
 - ``GET /admin/cost``: ``{"total", "on_demand", "spot", "faas"}`` (USD since start).
 - ``GET /admin/decisions?since=T``: the policy steps at or after ``T`` (seconds, the
   control loop's clock as the records' ``t`` give it).
+- ``GET|POST /admin/models``, ``GET|PUT|DELETE /admin/models/{m}``: the registered models
+  (a model configuration each, with ``status`` and ``instances``); register (201), update
+  the SLO, types, markets or weight, delete (202: its fleet drains first). See
+  :mod:`mark.control.models`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import orjson
 from sanic import Request, Sanic, response
 from sanic.response import HTTPResponse
 
+from frontend.auth import AdminAuth, guarded, loopback_only
+from frontend.auth import Forbidden as Forbidden  # re-exported: it used to live here
 from frontend.upstream import Upstream
 from mark.core.errors import (
     BadRequest,
@@ -33,10 +40,6 @@ from mark.core.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-
-
-class Forbidden(MarkError):
-    status = 403
 
 
 class AdminApi(Protocol):
@@ -50,15 +53,29 @@ class AdminApi(Protocol):
 
     async def decisions(self, since: float) -> list[dict[str, Any]]: ...
 
+    async def models(self) -> list[dict[str, Any]]: ...
 
-def _loopback_only(request: Request) -> None:
+    async def model(self, name: str) -> dict[str, Any]: ...
+
+    async def register(self, doc: Any) -> dict[str, Any]: ...
+
+    async def update(self, name: str, doc: Any) -> dict[str, Any]: ...
+
+    async def delete(self, name: str) -> dict[str, Any]: ...
+
+
+def _json_body(request: Request) -> Any:
+    """The request's JSON body (400 naming what is accepted when it is not JSON)."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if ctype != "application/json":
+        raise BadRequest(f"content-type must be application/json, got {ctype!r}")
     try:
-        ok = ipaddress.ip_address(request.ip).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
-        raise Forbidden(f"the admin API answers only clients on loopback (127.0.0.1, ::1) until "
-                        f"authentication exists; this request came from {request.ip!r}")
+        return orjson.loads(request.body or b"null")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from exc
+
+
+_loopback_only = loopback_only  # the check without a token (tests call it by this name)
 
 
 def _since(request: Request) -> float:
@@ -73,12 +90,20 @@ def _since(request: Request) -> float:
     return since
 
 
-def add_admin_routes(app: Sanic[Any, Any], get_admin: Any) -> None:
+def add_admin_routes(app: Sanic[Any, Any], get_admin: Any, token: str | None = None) -> None:
     """Register the admin routes on ``app``; ``get_admin()`` returns the :class:`AdminApi`
-    (or None while there is none: 503)."""
+    (or None while there is none: 503). ``token``: the bearer token every route requires
+    (None: loopback clients only; see :mod:`frontend.auth`).
+
+    Register every route through ``add`` below: it puts the check before the handler, so
+    no body is parsed and nothing answers before the caller is known."""
+    auth = AdminAuth(token)
+
+    def add(handler: Any, uri: str, method: str, name: str) -> None:
+        app.add_route(guarded(handler, auth.check), uri, methods=[method], name=name)
 
     def admin_of(request: Request) -> AdminApi:
-        _loopback_only(request)
+        auth.check(request)  # again, for a route registered past ``add``
         admin = get_admin()
         if admin is None:
             raise ServiceUnavailable("the control plane is not reachable yet; retry later", 1)
@@ -104,25 +129,53 @@ def add_admin_routes(app: Sanic[Any, Any], get_admin: Any) -> None:
         since = _since(request)
         return dumps(await admin_of(request).decisions(since))
 
-    app.add_route(fleet, "/admin/fleet", methods=["GET"], name="admin_fleet")
-    app.add_route(drain, "/admin/instances/<instance_id:str>/drain", methods=["POST"],
-                  name="admin_drain")
-    app.add_route(notice, "/admin/instances/<instance_id:str>/notice", methods=["POST"],
-                  name="admin_notice")
-    app.add_route(cost, "/admin/cost", methods=["GET"], name="admin_cost")
-    app.add_route(decisions, "/admin/decisions", methods=["GET"], name="admin_decisions")
+    async def models(request: Request) -> HTTPResponse:
+        return dumps(await admin_of(request).models())
+
+    async def register(request: Request) -> HTTPResponse:
+        admin = admin_of(request)
+        return dumps(await admin.register(_json_body(request)), 201)
+
+    async def model(request: Request, model: str) -> HTTPResponse:
+        return dumps(await admin_of(request).model(model))
+
+    async def update(request: Request, model: str) -> HTTPResponse:
+        admin = admin_of(request)
+        return dumps(await admin.update(model, _json_body(request)))
+
+    async def delete(request: Request, model: str) -> HTTPResponse:
+        return dumps(await admin_of(request).delete(model), 202)
+
+    add(models, "/admin/models", "GET", "admin_models")
+    add(register, "/admin/models", "POST", "admin_register")
+    add(model, "/admin/models/<model:str>", "GET", "admin_model")
+    add(update, "/admin/models/<model:str>", "PUT", "admin_update")
+    add(delete, "/admin/models/<model:str>", "DELETE", "admin_delete")
+    add(fleet, "/admin/fleet", "GET", "admin_fleet")
+    add(drain, "/admin/instances/<instance_id:str>/drain", "POST", "admin_drain")
+    add(notice, "/admin/instances/<instance_id:str>/notice", "POST", "admin_notice")
+    add(cost, "/admin/cost", "GET", "admin_cost")
+    add(decisions, "/admin/decisions", "GET", "admin_decisions")
 
 
 class ProxyAdmin:
-    """An :class:`AdminApi` that forwards to the control plane's admin address (workers)."""
+    """An :class:`AdminApi` that forwards to the control plane's admin address (workers),
+    with the admin ``token`` when one is configured (that address requires it too)."""
 
-    def __init__(self, base_url: str, upstream: Upstream) -> None:
+    def __init__(self, base_url: str, upstream: Upstream, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.upstream = upstream
+        self._headers = {"authorization": f"Bearer {token}"} if token else None
 
-    async def _call(self, method: str, path: str) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        headers = self._headers
+        data: bytes | None = None
+        if body is not None:
+            headers = {**(headers or {}), "content-type": "application/json"}
+            data = orjson.dumps(body)
         try:
-            reply = await self.upstream.request(method, self.base_url + path)
+            reply = await self.upstream.request(method, self.base_url + path, data,
+                                                headers=headers)
         except (UpstreamError, UpstreamTimeout) as exc:
             raise ServiceUnavailable(f"control plane at {self.base_url} not reachable: {exc}",
                                      1) from exc
@@ -147,3 +200,18 @@ class ProxyAdmin:
 
     async def decisions(self, since: float) -> list[dict[str, Any]]:
         return await self._call("GET", f"/admin/decisions?since={since!r}")
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/admin/models")
+
+    async def model(self, name: str) -> dict[str, Any]:
+        return await self._call("GET", f"/admin/models/{quote(name, safe='')}")
+
+    async def register(self, doc: Any) -> dict[str, Any]:
+        return await self._call("POST", "/admin/models", doc)
+
+    async def update(self, name: str, doc: Any) -> dict[str, Any]:
+        return await self._call("PUT", f"/admin/models/{quote(name, safe='')}", doc)
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/admin/models/{quote(name, safe='')}")

@@ -16,15 +16,20 @@ from sanic.response import HTTPResponse
 
 from frontend.admin import AdminApi, add_admin_routes
 from frontend.arrivals import ArrivalCounter
-from frontend.faas import FaasSpill
+from frontend.auth import ApiKeys, guarded
+from frontend.faas import FaasSpill, FaasThrottled
 from frontend.fleet import Fleet
+from frontend.metrics import FrontendMetrics, add_metrics_route
+from frontend.openapi import add_openapi_route
 from frontend.protocol import ModelMetadata, decode_body, parse_infer
+from frontend.request_id import HEADER as REQUEST_ID
+from frontend.request_id import new_request_id, request_id_of, valid
 from frontend.spill import InstanceQueue
 from frontend.stats import sum_model_stats
 from frontend.timing import RequestTiming, TimingLog
 from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamReply
 from mark.core import __version__
-from mark.core.config import MarkConfig
+from mark.core.config import MarkConfig, ModelConfig
 from mark.core.errors import MarkError, NotFound, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from mark.core.instances import Instance, InstanceState
 
@@ -93,6 +98,36 @@ class FrontEnd:
         self.budget_s = {m.name: cfg.frontend.request_budget_s(m.slo_latency_ms) for m in cfg.models}
         self._where_cache: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
         fleet.on_leave.append(self._instance_left)
+        self.metrics = FrontendMetrics.attach(self, self.timings) if cfg.metrics.enabled else None
+
+    # -- models come and go (registered through the admin API) ---------------------------
+    def set_model(self, model: ModelConfig) -> None:
+        """Serve ``model``, new or changed (its SLO sets the deadline of requests from now)."""
+        self.models[model.name] = model
+        self.budget_s[model.name] = self.cfg.frontend.request_budget_s(model.slo_latency_ms)
+        self.arrivals.add_model(model.name)
+        self.fleet.add_model(model.name)
+
+    def drop_model(self, name: str) -> None:
+        """Refuse ``name`` from now on (404); requests already in flight finish."""
+        self.models.pop(name, None)
+        self.budget_s.pop(name, None)
+        self.arrivals.remove_model(name)
+        self._fallback_meta.pop(name, None)
+        self.fleet.remove_model(name)
+
+    def sync_models(self, docs: dict[str, dict[str, Any]]) -> None:
+        """Serve exactly the models of ``docs`` (name -> ModelConfig JSON), as the control
+        plane published them; unchanged ones are left alone."""
+        for name, doc in docs.items():
+            old = self.models.get(name)
+            if old is None or old.model_dump(mode="json") != doc:
+                try:
+                    self.set_model(ModelConfig.model_validate(doc))
+                except ValueError as exc:
+                    log.error("cannot serve model %r as published: %s", name, exc)
+        for name in [n for n in self.models if n not in docs]:
+            self.drop_model(name)
 
     def _instance_left(self, inst: Instance) -> None:
         self.upstream.drop(inst.url)
@@ -110,8 +145,12 @@ class FrontEnd:
         return q
 
     async def _spill(self, model: str, body: bytes | bytearray, fwd: dict[str, str], arrival: float,
-                     deadline: float, attempts: int) -> HTTPResponse:
+                     deadline: float, attempts: int, reason: str) -> HTTPResponse:
+        """Serve the request by its model's function; ``reason``: slo_at_risk, no_instance or
+        retry (counted in ``mark_spills_total``)."""
         assert self.faas is not None
+        if self.metrics is not None:
+            self.metrics.spilled(model, reason)
         # the function gets the body decoded (``body``), so not its content-encoding
         fwd = {k: v for k, v in fwd.items() if k != "content-encoding"}
         sent = time.perf_counter()
@@ -125,7 +164,8 @@ class FrontEnd:
                                        done - sent, reply.status, attempts))
         raw = [(_FWD_RESP_BYTES[k], v.encode("latin-1"))
                for k in _FWD_RESP if (v := reply.headers.get(k)) is not None]
-        raw.extend(((b"x-mark-backend", b"faas"), (b"x-mark-instance", f"faas:{fn}".encode())))
+        raw.extend(((b"x-mark-backend", b"faas"), (b"x-mark-instance", f"faas:{fn}".encode()),
+                    (b"x-request-id", fwd[REQUEST_ID].encode())))
         return ProxyResponse(reply.body, reply.status, raw)
 
     # -- helpers -------------------------------------------------------------------------
@@ -240,10 +280,14 @@ class FrontEnd:
 
     async def infer(self, request: Request, model: str, version: str = "") -> HTTPResponse:
         arrival = time.perf_counter()
+        rid = request.ctx.request_id = request_id_of(request.headers.get(REQUEST_ID))
         if model in self.models:
             self.arrivals.add(model)
         meta = await self.metadata(model)
-        budget_s = self.budget_s[model]
+        budget_s = self.budget_s.get(model)
+        if budget_s is None:  # deleted while its metadata was fetched
+            self._known(model)
+            raise NotFound(f"model {model!r} was deleted")
         deadline = arrival + budget_s
         body = request.body
         hdrs = request.headers
@@ -253,6 +297,7 @@ class FrontEnd:
             body, encoding, self.cfg.frontend.max_body_bytes)
         info = parse_infer(decoded, hdrs.get("inference-header-content-length"), meta)
         fwd = {k: v for k in _FWD_REQ if (v := hdrs.get(k)) is not None}
+        fwd[REQUEST_ID] = rid
         path = f"/v2/models/{model}/versions/{version}/infer" if version else request.path
         faas = self.faas if self.fleet.spill.get(model, False) else None
         tried: list[str] = []
@@ -262,7 +307,7 @@ class FrontEnd:
             if inst is None:
                 if faas is not None:  # no instance (the FaaS tier), or none for the retry
                     return await self._spill(model, decoded, fwd, arrival, deadline,
-                                             len(tried) + 1)
+                                             len(tried) + 1, "retry" if tried else "no_instance")
                 if last is None:
                     raise self._unavailable(model)
                 break
@@ -274,7 +319,7 @@ class FrontEnd:
                     q.idle(now)
                 if not q.admit(now):  # the SLO is at risk there: spill
                     return await self._spill(model, decoded, fwd, arrival, deadline,
-                                             len(tried) + 1)
+                                             len(tried) + 1, "slo_at_risk")
             sent = time.perf_counter()
             left_s = deadline - sent
             if left_s <= 0:
@@ -288,7 +333,8 @@ class FrontEnd:
                 reply = await self.upstream.request("POST", inst.url + path, body, fwd,
                                                     timeout_s=left_s)
             except UpstreamConnectionError as exc:
-                log.warning("infer %s on %s failed (%s); retrying elsewhere", model, inst.id, exc)
+                log.warning("infer %s on %s failed (%s); retrying elsewhere", model, inst.id, exc,
+                            extra={"request_id": rid, "model": model, "instance": inst.id})
                 self.fleet.set_state(inst.id, InstanceState.UNHEALTHY, str(exc))
                 tried.append(inst.id)
                 last = exc
@@ -305,6 +351,7 @@ class FrontEnd:
             raw = [(_FWD_RESP_BYTES[k], v.encode("latin-1"))
                    for k in _FWD_RESP if (v := reply.headers.get(k)) is not None]
             raw.extend(self._where(inst.id))
+            raw.append((b"x-request-id", rid.encode()))
             return ProxyResponse(reply.body, reply.status, raw)
         raise UpstreamError(
             f"model {model!r}: instance(s) {tried} failed ({last}) and no other ready "
@@ -312,9 +359,25 @@ class FrontEnd:
         )
 
 
-def error_response(exc: Exception, max_body_bytes: int | None = None) -> HTTPResponse:
+def request_id_for_error(request: Request | None) -> str:
+    """The id an error reply carries: the request's (once validated), else the client's when
+    valid, else a new one."""
+    if request is None:
+        return new_request_id()
+    rid = getattr(request.ctx, "request_id", None)
+    if rid is None:
+        sent = request.headers.get(REQUEST_ID)
+        rid = sent if sent is not None and valid(sent) else new_request_id()
+    return str(rid)
+
+
+def error_response(exc: Exception, max_body_bytes: int | None = None,
+                   request_id: str | None = None) -> HTTPResponse:
+    """``{"error": msg}`` with the status ``exc`` maps to (and ``x-request-id`` when given)."""
+    extra = {REQUEST_ID: request_id} if request_id is not None else {}
     if isinstance(exc, MarkError):
-        return response.json({"error": exc.message}, status=exc.status, headers=exc.headers())
+        return response.json({"error": exc.message}, status=exc.status,
+                             headers={**exc.headers(), **extra})
     if isinstance(exc, SanicException):
         status = exc.status_code
         msg = str(exc) or type(exc).__name__
@@ -322,14 +385,18 @@ def error_response(exc: Exception, max_body_bytes: int | None = None) -> HTTPRes
             msg = f"request body too large: {msg}"
             if max_body_bytes is not None:
                 msg += f" (frontend.max_body_bytes = {max_body_bytes} bytes)"
-        return response.json({"error": msg}, status=status, headers=getattr(exc, "headers", None))
-    log.exception("unhandled error", exc_info=exc)
-    return response.json({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+        return response.json({"error": msg}, status=status,
+                             headers={**(getattr(exc, "headers", None) or {}), **extra})
+    log.exception("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    return response.json({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500,
+                         headers=extra)
 
 
 def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
     """The Sanic app with the v2 route table in one place."""
-    app: Sanic[Any, Any] = Sanic(name or f"mark_frontend_{next(_app_ids)}")
+    # Sanic's loggers go through the root logger (mark.core.logs), not handlers of their own
+    app: Sanic[Any, Any] = Sanic(name or f"mark_frontend_{next(_app_ids)}",
+                                 configure_logging=False)
     app.config.REQUEST_MAX_SIZE = front.cfg.frontend.max_body_bytes
     app.config.MOTD = False
     app.config.ACCESS_LOG = False
@@ -357,13 +424,23 @@ def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
         ("/v2/models/<model:str>/stats", front.model_stats, "GET"),
         ("/v2/models/<model:str>/versions/<version:str>/stats", front.model_stats, "GET"),
     ]
+    keys = ApiKeys(front.cfg.frontend.effective_api_keys())
     for uri, handler, method in routes:
+        if keys and not uri.startswith("/v2/health/"):  # no keys: no check at all
+            handler = guarded(handler, keys.check)
         app.add_route(handler, uri, methods=[method], name=f"{method}_{uri}".replace("/", "_")
                       .replace("<", "").replace(">", "").replace(":", "_"))
-    add_admin_routes(app, lambda: front.admin)
+    add_admin_routes(app, lambda: front.admin, token=front.cfg.admin.effective_token())
+    add_metrics_route(app, front.metrics)
+    add_openapi_route(app, api_keys=bool(keys))
 
     @app.exception(Exception)
     async def _on_error(request: Request, exc: Exception) -> HTTPResponse:
-        return error_response(exc, front.cfg.frontend.max_body_bytes)
+        resp = error_response(exc, front.cfg.frontend.max_body_bytes,
+                              request_id_for_error(request))
+        if front.metrics is not None:  # an inference request the front end answered itself
+            front.metrics.error_reply(request, resp.status,
+                                      "faas" if isinstance(exc, FaasThrottled) else "none")
+        return resp
 
     return app

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mark.core.state import CountPublisher
+
 log = logging.getLogger(__name__)
 
 
@@ -32,15 +34,25 @@ class ArrivalCounter:
         self.keep_s = keep_s
         self._counts: dict[str, dict[int, int]] = {m: {} for m in models}
         self._last_trim = 0
+        # with a shared state store, every count also goes there (by epoch second)
+        self.publisher: CountPublisher | None = None
 
     def add(self, model: str, n: int = 1, now_s: float | None = None) -> None:
         sec = int(time.monotonic() if now_s is None else now_s)
         per = self._counts.get(model)
         if per is None:
             return  # unknown models are refused before they are counted
+        if self.publisher is not None:
+            self.publisher.add(model, n)
         per[sec] = per.get(sec, 0) + n
         if sec - self._last_trim >= 10:
             self._trim(sec)
+
+    def add_model(self, model: str) -> None:
+        self._counts.setdefault(model, {})
+
+    def remove_model(self, model: str) -> None:
+        self._counts.pop(model, None)
 
     def _trim(self, sec: int) -> None:
         self._last_trim = sec

@@ -27,7 +27,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from frontend.fleet import Fleet
+from frontend.metrics import faas_call
 from mark.core.catalogue import LambdaSpec, load_catalogue
 from mark.core.config import MarkConfig
 from mark.core.errors import ServiceUnavailable, UpstreamError, UpstreamTimeout
@@ -81,6 +82,8 @@ class LambdaInvoker:
         self._credentials: Any = None
         self._sign = sign
         self.stats = FaasStats()
+        #: called with (function, HTTP status, init ms) for each answer (the metrics)
+        self.observer: Callable[[str, int, float], None] | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -132,6 +135,8 @@ class LambdaInvoker:
         self.stats.invocations += 1
         if status == 429:
             self.stats.throttles += 1
+            if self.observer is not None:
+                self.observer(function, status, 0.0)
             retry = max(1, round(float(rh.get("Retry-After", "1") or 1)))
             raise FaasThrottled(f"function {function} throttled (429 "
                                 f"{rh.get('x-amzn-errortype', '')}): its concurrency is in use",
@@ -143,6 +148,8 @@ class LambdaInvoker:
         billed, memory, init = _report(rh.get("X-Amz-Log-Result", ""))
         if init > 0:
             self.stats.cold_starts += 1
+        if self.observer is not None:
+            self.observer(function, status, init)
         if self.lambda_spec is not None and billed > 0:
             spec = self.lambda_spec
             self.stats.usd += (billed / 1000.0 * memory / 1024.0 * spec.usd_per_gb_s
@@ -206,6 +213,8 @@ class FaasSpill:
         self._buffered = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.spilled = 0
+        prefix = len(function_prefix)
+        invoker.observer = lambda fn, status, init_ms: faas_call(fn[prefix:], status, init_ms > 0)
 
     def function(self, model: str) -> str:
         return f"{self.prefix}{model}"

@@ -41,6 +41,26 @@ class Fleet:
         # (batch, timeout_s); per instance, inst.extra["spill"] holds its SpillParams
         self.spill: dict[str, bool] = {}
         self.faas_settings: dict[str, tuple[int, float]] = {}
+        # the registered models' configurations (ModelConfig as JSON), which followers serve
+        self.model_docs: dict[str, dict[str, Any]] = {}
+
+    def add_model(self, model: str) -> None:
+        """Route ``model`` from now on (its instances join as they become ready)."""
+        if model not in self._routers:
+            self.models.append(model)
+            self._routers[model] = WeightedRoundRobin()
+            self._rebuild()
+
+    def remove_model(self, model: str) -> None:
+        """Stop routing ``model`` (its instances stay listed until they leave)."""
+        if self._routers.pop(model, None) is not None:
+            self.models.remove(model)
+            self.spill.pop(model, None)
+            self.faas_settings.pop(model, None)
+            self.fallback_metadata.pop(model, None)
+            self.metadata.pop(model, None)
+            self.model_docs.pop(model, None)
+            self._rebuild()
 
     def _left(self, inst: Instance) -> None:
         for callback in self.on_leave:
@@ -66,6 +86,7 @@ class Fleet:
             "fallback_metadata": self.fallback_metadata,
             "spill": self.spill,
             "faas_settings": {m: list(v) for m, v in self.faas_settings.items()},
+            "models": self.model_docs,
             "instances": [
                 {"id": i.id, "url": i.url, "instance_type": i.instance_type,
                  "market": i.market.value, "state": i.state.value,
@@ -98,6 +119,7 @@ class Fleet:
         self.spill = {str(m): bool(v) for m, v in snap.get("spill", {}).items()}
         self.faas_settings = {str(m): (int(v[0]), float(v[1]))
                               for m, v in snap.get("faas_settings", {}).items()}
+        self.model_docs = dict(snap.get("models", {}))
         fresh: dict[str, Instance] = {}
         for d in snap["instances"]:
             state = InstanceState(d["state"])
@@ -154,5 +176,8 @@ class Fleet:
         return [self.instances[i] for i in router.targets] if router else []
 
     def pick(self, model: str, n_requests: int, exclude: list[str]) -> Instance | None:
-        tid = self._routers[model].pick(n_requests, exclude)
+        router = self._routers.get(model)  # None: the model was removed meanwhile
+        if router is None:
+            return None
+        tid = router.pick(n_requests, exclude)
         return self.instances[tid] if tid is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -19,12 +20,19 @@ class RequestTiming:
 
 
 class TimingLog:
-    """The last ``maxlen`` request timings, plus running totals per model."""
+    """The last ``maxlen`` request timings, plus running totals per model.
+
+    ``observer`` (the front end's metrics, :class:`frontend.metrics.FrontendMetrics`) sees
+    every record as it is added; it must be cheap (it runs on the request path).
+    """
 
     def __init__(self, maxlen: int = 100_000) -> None:
         self.records: deque[RequestTiming] = deque(maxlen=maxlen)
         self.count: dict[str, int] = {}
+        self.observer: Callable[[RequestTiming], None] | None = None
 
     def add(self, rec: RequestTiming) -> None:
         self.records.append(rec)
         self.count[rec.model] = self.count.get(rec.model, 0) + 1
+        if self.observer is not None:
+            self.observer(rec)

@@ -7,8 +7,10 @@ through a snapshot file it rewrites atomically on every change (``runtime_dir/fl
 that file is the seam a shared state store replaces later. A worker marks an instance that
 fails a request unhealthy for itself at once, as the control plane does.
 
-Run as ``python -m frontend.worker --config-json J --fleet F --fd N``; the control plane starts
-it so that it dies with its parent.
+Run as ``python -m frontend.worker --config C --fleet F --fd N``; the control plane starts
+it so that it dies with its parent. ``C`` is the configuration as JSON in a file only its owner
+may read (:func:`write_private`): on the command line ``ps`` would show its admin token and
+API keys to every user of the machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -27,11 +30,16 @@ import uvloop
 from frontend.admin import ProxyAdmin
 from frontend.app import FrontEnd, create_app
 from frontend.arrivals import write_report
+from frontend.dashboard import add_dashboard_route
 from frontend.faas import make_spill
 from frontend.fleet import Fleet
+from frontend.metrics import FrontendMetrics, setup_multiprocess
+from frontend.shared import apply_snapshot, follow_store, publish_store, worker_id
 from frontend.upstream import Upstream
 from mark.core.config import MarkConfig
 from mark.core.instances import InstanceState
+from mark.core.logs import configure_logging
+from mark.core.state import CountPublisher, make_state_store
 
 log = logging.getLogger("mark.worker")
 
@@ -63,8 +71,9 @@ async def report(front: FrontEnd, path: Path, period_s: float = 0.25) -> None:
             os.remove(path)  # gone with this worker
 
 
-async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
-    """Apply the snapshot at ``path`` whenever its sequence number changes.
+async def follow(front: FrontEnd, path: Path, period_s: float = 0.1) -> None:
+    """Apply the snapshot at ``path`` whenever its sequence number changes: the fleet and
+    the registered models.
 
     The file is read every period: its mtime cannot tell two rewrites within one timestamp
     tick apart, its sequence number can (the control plane numbers each write).
@@ -75,7 +84,7 @@ async def follow(fleet: Fleet, path: Path, period_s: float = 0.1) -> None:
             snap = json.loads(await asyncio.to_thread(path.read_bytes))
             seq = int(snap.get("seq", 0))
             if seq != seen:
-                fleet.apply_snapshot(snap)
+                apply_snapshot(front, snap)
                 seen = seq
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot read fleet snapshot %s: %s", path, exc)
@@ -86,13 +95,25 @@ async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None
     fleet = Fleet([m.name for m in cfg.models])
     upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
                         cfg.frontend.upstream_timeout_s, cfg.frontend.max_connections_per_instance)
-    fleet.apply_snapshot(json.loads(await asyncio.to_thread(fleet_path.read_text)))
+    store = make_state_store(cfg.state) if cfg.state.backend != "memory" else None
+    if store is not None:  # the fleet and the counts go through the shared store
+        await store.start()
+        first = await store.get_fleet()
+        if first is not None:
+            fleet.apply_snapshot(first)
+    else:
+        fleet.apply_snapshot(json.loads(await asyncio.to_thread(fleet_path.read_text)))
+    if cfg.metrics.enabled:  # the control plane's directory, inherited (never cleared here)
+        setup_multiprocess(Path(cfg.runtime_dir, "metrics"), worker=True)
     front = FrontEnd(cfg, fleet, upstream)
+    if front.metrics is not None:
+        _flush_on_sigterm(front.metrics)
     if fleet.admin_url:
-        front.admin = ProxyAdmin(fleet.admin_url, upstream)
+        front.admin = ProxyAdmin(fleet.admin_url, upstream, cfg.admin.effective_token())
     if fleet.faas_url:
         front.faas = make_spill(cfg, fleet, fleet.faas_url)
     app = create_app(front)
+    add_dashboard_route(app)
     sock = socket.socket(fileno=fd)
     server = await app.create_server(sock=sock, return_asyncio_server=True)
     assert server is not None
@@ -100,26 +121,62 @@ async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None
     await server.before_start()
     await server.after_start()
     checker = asyncio.create_task(recheck_unhealthy(fleet, upstream, cfg.fleet.health_interval_s))
-    reporter = (asyncio.create_task(report(front, reports / f"{os.getpid()}.json"))
-                if reports is not None else None)
+    if store is not None:
+        front.sync_models(fleet.model_docs)
+        front.arrivals.publisher = CountPublisher(source=f"{worker_id()}:")
+        reporter: asyncio.Task[None] | None = asyncio.create_task(
+            publish_store(front, store, front.arrivals.publisher))
+    else:
+        reporter = (asyncio.create_task(report(front, reports / f"{os.getpid()}.json"))
+                    if reports is not None else None)
     try:
-        await follow(fleet, fleet_path)
+        if store is not None:
+            await follow_store(front, store, token=cfg.admin.effective_token())
+        else:
+            await follow(front, fleet_path)
     finally:
         checker.cancel()
         if reporter is not None:
             reporter.cancel()
 
 
+def _flush_on_sigterm(metrics: FrontendMetrics) -> None:
+    """On SIGTERM, write the metrics' pending sums, then end as SIGTERM ends a process."""
+    loop = asyncio.get_running_loop()
+
+    def flush_and_die() -> None:
+        metrics.flush()
+        loop.remove_signal_handler(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.add_signal_handler(signal.SIGTERM, flush_and_die)
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` readable and writable by its owner only (0600 from the
+    start: created under that mode, then renamed into place); returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config-json", required=True)
+    ap.add_argument("--config", required=True,
+                    help="the configuration as JSON, in a file only its owner can read")
     ap.add_argument("--fleet", required=True)
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--reports", help="directory for this worker's report (counts, in flight)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s %(levelname)s worker-{os.getpid()}: %(message)s")
-    cfg = MarkConfig.model_validate_json(args.config_json)
+    cfg = MarkConfig.model_validate_json(Path(args.config).read_bytes())
+    configure_logging(cfg.logging, secrets=[cfg.admin.effective_token(),
+                                            *cfg.frontend.effective_api_keys()])
     uvloop.run(serve(cfg, Path(args.fleet), args.fd, Path(args.reports) if args.reports else None))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 import threading
@@ -28,9 +29,13 @@ from sanic.response import HTTPResponse
 
 from frontend.admin import add_admin_routes
 from frontend.app import FrontEnd, create_app, error_response
+from frontend.dashboard import add_dashboard_route
 from frontend.faas import make_spill
 from frontend.fleet import Fleet
+from frontend.metrics import process_dead, setup_multiprocess
+from frontend.shared import apply_snapshot, attach, follow_store, publish_store
 from frontend.upstream import Upstream
+from frontend.worker import recheck_unhealthy, write_private
 from mark.backends import Backend, LaunchSpec, make_backend
 from mark.backends.local import free_port, release_port, with_pdeathsig
 from mark.control import (
@@ -39,19 +44,28 @@ from mark.control import (
     CostLedger,
     LiveCounts,
     ModelControl,
+    build_control,
     build_controls,
     cheapest_type,
     planning_catalogue,
 )
+from mark.control.metrics import ControlMetrics
+from mark.control.models import ModelRegistry
+from mark.control.shared import Leadership, StoreCounts, publish_fleet, stored_models, sync_models
 from mark.core.clock import WallClock
-from mark.core.config import MarkConfig
+from mark.core.config import MarkConfig, ModelConfig
+from mark.core.errors import ConfigError, Conflict
 from mark.core.instances import Instance, InstanceState, Market
+from mark.core.state import CountPublisher, StateStore, make_state_store
 from mark.faas.runtime import FunctionRuntime
 from mark.models.repository import model_metadata
 from mark.profiling import ensure_measured
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: What one process runs: everything (``mark up``), the control plane alone (``mark
+#: provisioner``), or a front end alone that follows the shared store.
+ROLES = ("all", "provisioner", "frontend")
 
 
 class LocalCluster:
@@ -62,15 +76,28 @@ class LocalCluster:
 
     def __init__(self, cfg: MarkConfig,
                  warm_start: Mapping[str, np.ndarray] | None = None,
-                 defer_loop: bool = False) -> None:
+                 defer_loop: bool = False, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ConfigError(f"role must be one of {list(ROLES)}, got {role!r}")
+        if role != "all" and cfg.state.backend == "memory":
+            raise ConfigError(f"the {role} alone needs a shared state store (state.backend: "
+                              "redis): with the in-process one nothing would connect it")
         self.cfg = cfg
+        self.role = role
+        self.store: StateStore | None = (make_state_store(cfg.state)
+                                         if cfg.state.backend != "memory" else None)
+        self._store_tasks: list[asyncio.Task[Any]] = []
+        self.leadership: Leadership | None = None
         self.defer_loop = defer_loop
         self.warm_start = dict(warm_start or {}) if cfg.control.enabled else {}
         self.fleet = Fleet([m.name for m in cfg.models])
         self.upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
                                  cfg.frontend.upstream_timeout_s,
                                  cfg.frontend.max_connections_per_instance)
+        if cfg.metrics.enabled:  # before any metric exists; worker processes inherit it
+            setup_multiprocess(Path(cfg.runtime_dir).resolve() / "metrics")
         self.front = FrontEnd(cfg, self.fleet, self.upstream)
+        self._metrics_task: asyncio.Task[None] | None = None
         self.backend: Backend | None = None
         self.port = cfg.frontend.port or free_port(cfg.frontend.host)
         self._server: Any = None
@@ -87,11 +114,13 @@ class LocalCluster:
         # model without a profile is planned with this machine's, measured in start()
         self.controls: dict[str, ModelControl] = build_controls(cfg) if cfg.control.enabled else {}
         self.ledger = CostLedger(planning_catalogue(cfg))
-        self.counts = LiveCounts(self.front.arrivals, self.front.inflight,
+        self.counts: LiveCounts | StoreCounts = LiveCounts(self.front.arrivals, self.front.inflight,
                                  self.reports_dir if self.workers > 1 else None)
         self.control: ControlLoop | None = None
         self._admin_server: Any = None
         self.runtime: FunctionRuntime | None = None
+        self.registry: ModelRegistry | None = None
+        self._measured: dict[str, Path] = {}
 
     @property
     def url(self) -> str:
@@ -108,15 +137,22 @@ class LocalCluster:
             self.control.on_notice(inst, reclaim_at_s)
 
     async def start(self) -> None:
+        if self.store is not None:
+            await self._start_store()
+            if self.role == "frontend":
+                await self._start_follower()
+                return
         to_measure = [m for m in self.cfg.models if self.controls and m.kind == "minilm"
                       and m.profile is None and self.cfg.fleet.backend == "local"]
         if to_measure:
             measured = {m.name: await ensure_measured(self.cfg, m) for m in to_measure}
             self.controls = build_controls(self.cfg, measured=measured)
+            self._measured = measured
         if self.cfg.faas.enabled and self.controls:  # spill follows a plan's budgets
             await self._start_faas()
         for m in self.cfg.models:
             self.fleet.fallback_metadata[m.name] = model_metadata(m)
+            self.fleet.model_docs[m.name] = m.model_dump(mode="json")
         self.backend = make_backend(self.cfg.fleet.backend, self.cfg, self._on_exit,
                                     self._on_notice)
         budget = max(self.front.budget_s.values(), default=30.0)
@@ -124,19 +160,23 @@ class LocalCluster:
             self.controls, self.backend, self.fleet, self.ledger, self.clock, self.counts,
             inflight=self.counts, interval_s=self.cfg.control.interval_s,
             history_s=self.cfg.control.history_s, ready_timeout_s=self.cfg.fleet.ready_timeout_s,
-            drain_timeout_s=budget + 1.0, settle_s=1.0 if self.workers > 1 else 0.0,
+            drain_timeout_s=budget + 1.0,
+            settle_s=1.0 if self.workers > 1 or self.store is not None else 0.0,
             decisions_kept=self.cfg.control.decisions_kept, warm_start=self.warm_start,
             min_instances=self.min_instances, faas=self.front.faas is not None,
         )
-        self.front.admin = ControlAdmin(self.control, self.backend)
+        if self.cfg.control.enabled:
+            self.registry = ModelRegistry(
+                self.cfg, self.front, self.control, self.backend, self._build_control,
+                runtime=self.runtime, starting_instances=self.cfg.fleet.instances,
+                drain_timeout_s=budget + 1.0)
+        self.front.admin = ControlAdmin(self.control, self.backend, self.registry)
         await asyncio.to_thread(self._clear_reports)
-        app = create_app(self.front)
-        sock = self._listen()
-        self._server = await app.create_server(sock=sock, return_asyncio_server=True)
-        await self._server.startup()
-        await self._server.before_start()
-        await self._server.after_start()
-        log.info("front end listening on %s", self.url)
+        if self.store is not None:
+            await self._share_state()
+        sock = None
+        if self.role == "all":
+            sock = await self._serve_public()
         try:
             if not self.warm_start:
                 await self._start_fleet()
@@ -144,14 +184,114 @@ class LocalCluster:
             await self.stop()
             raise
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.front.metrics is not None:
+            self._metrics_task = asyncio.create_task(
+                ControlMetrics(self.control, self.cfg.metrics.window_s).run())
         if self.controls:
             await self.control.start(run=not self.defer_loop)
             log.info("control loop: policy %s every %g s for %s", self.cfg.control.policy,
                      self.control.interval_s, sorted(self.controls))
-        if self.workers > 1:  # after the instances, so workers start with the whole fleet
-            await self._start_admin_server()
+        if self.workers > 1 and sock is not None:  # after the instances: workers start
+            if not self.fleet.admin_url:           # with the whole fleet
+                await self._start_admin_server()
             await self._start_workers(sock)
             log.info("%d front-end worker processes share the port", self.workers)
+
+    async def _serve_public(self) -> socket.socket:
+        """The front end on its public port (inference, admin, metrics, dashboard)."""
+        app = create_app(self.front)
+        add_dashboard_route(app)
+        sock = self._listen()
+        self._server = await app.create_server(sock=sock, return_asyncio_server=True)
+        await self._server.startup()
+        await self._server.before_start()
+        await self._server.after_start()
+        log.info("front end listening on %s", self.url)
+        return sock
+
+    # ---- the shared state store (state.backend: redis) -------------------------------------
+    async def _start_store(self) -> None:
+        """Connect; a control plane leads (the provisioner waits for the lead, ``mark up``
+        refuses to start a second loop) and adopts the models registered in the store."""
+        assert self.store is not None
+        await self.store.start()
+        log.info("state store: %s", self.store.url)
+        if self.role == "frontend":
+            return
+        self.leadership = Leadership(self.store, f"{socket.gethostname()}:{os.getpid()}",
+                                     self.cfg.state.leader_ttl_s)
+        if self.role == "provisioner":
+            await self.leadership.acquire()
+        elif not await self.leadership.try_acquire():
+            raise Conflict(f"another control loop leads the state at {self.store.url} "
+                           f"({await self.store.leader()}); start this host's front end alone "
+                           "(mark up --frontend-only) or stop the other one")
+        stored = await stored_models(self.store)
+        if stored:
+            by_name = {m.name: m for m in self.cfg.models}
+            by_name.update({m.name: m for m in stored})  # as registered or updated last
+            self.cfg.models[:] = list(by_name.values())
+            for m in self.cfg.models:
+                self.front.set_model(m)
+            if self.cfg.control.enabled:
+                self.controls = build_controls(self.cfg)
+            log.info("models from the state store: %s", sorted(m.name for m in stored))
+        self.fleet.snapshot_seq = await self.store.fleet_seq()  # numbering goes on
+        self.counts = StoreCounts(self.store, self._controlled, self.front.inflight)
+        self.front.arrivals.publisher = CountPublisher(source=f"{socket.gethostname()}:"
+                                                              f"{os.getpid()}:")
+
+    def _controlled(self) -> list[str]:
+        return list(self.control.models) if self.control is not None else []
+
+    async def _share_state(self) -> None:
+        """Publish the fleet, the models and this process's counts; keep the lead."""
+        store = self.store
+        assert store is not None and self.front.arrivals.publisher is not None
+        await self._start_admin_server()  # front ends anywhere forward /admin here
+        if self.registry is not None:
+            self.registry.on_change = lambda: sync_models(store, self.fleet.model_docs)
+        await sync_models(store, self.fleet.model_docs)
+        self.fleet.on_change = lambda _fleet: self._fleet_changed.set()
+        self._store_tasks += [
+            asyncio.create_task(publish_fleet(
+                self.fleet, store, self._fleet_changed,
+                on_resync=lambda: sync_models(store, self.fleet.model_docs))),
+            asyncio.create_task(publish_store(self.front, store, self.front.arrivals.publisher)),
+        ]
+        if self.leadership is not None:
+            self._store_tasks.append(asyncio.create_task(self._keep_lead(self.leadership)))
+
+    async def _keep_lead(self, lead: Leadership) -> None:
+        await lead.keep()  # returns when another loop took the lead
+        if self.control is not None:
+            await self.control.stop()
+            log.error("control loop stopped: another one leads now")
+
+    async def _start_follower(self) -> None:
+        """A front end alone: it serves the fleet the provisioner publishes in the store."""
+        assert self.store is not None
+        token = self.cfg.admin.effective_token()
+        publisher = self.front.arrivals.publisher = CountPublisher(
+            source=f"{socket.gethostname()}:{os.getpid()}:")
+        snap = await self.store.get_fleet()
+        if snap is not None:
+            apply_snapshot(self.front, snap)
+            attach(self.front, token)
+        self._store_tasks += [
+            asyncio.create_task(follow_store(self.front, self.store, token=token)),
+            asyncio.create_task(publish_store(self.front, self.store, publisher)),
+            asyncio.create_task(recheck_unhealthy(self.fleet, self.upstream,
+                                                  self.cfg.fleet.health_interval_s)),
+        ]
+        sock = await self._serve_public()
+        if self.workers > 1:
+            await self._start_workers(sock)
+
+    def _build_control(self, cfg: MarkConfig, model: ModelConfig) -> ModelControl:
+        """A registered model's control (this machine's measured profile for a real model
+        measured at start)."""
+        return build_control(cfg, model, measured=self._measured.get(model.name))
 
     @property
     def min_instances(self) -> int:
@@ -219,11 +359,12 @@ class LocalCluster:
 
     async def _start_admin_server(self) -> None:
         """The admin routes on a private loopback port, for worker processes to forward to."""
-        app: Sanic[Any, Any] = Sanic(f"mark_admin_{id(self)}")
+        app: Sanic[Any, Any] = Sanic(f"mark_admin_{id(self)}", configure_logging=False)
         app.config.MOTD = False
         app.config.ACCESS_LOG = False
         app.config.TOUCHUP = False
-        add_admin_routes(app, lambda: self.front.admin)
+        # the same token as the front end's port: a local process cannot skip it here
+        add_admin_routes(app, lambda: self.front.admin, token=self.cfg.admin.effective_token())
         max_body = self.cfg.frontend.max_body_bytes
 
         @app.exception(Exception)
@@ -250,13 +391,18 @@ class LocalCluster:
     async def _start_workers(self, sock: socket.socket) -> None:
         """Worker processes sharing ``sock``; they follow the fleet through a snapshot file."""
         self.fleet_path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.fleet.write_snapshot, self.fleet_path)
-        self.fleet.on_change = lambda _fleet: self._fleet_changed.set()
-        self._snapshot_task = asyncio.create_task(self._write_snapshots())
-        cfg_json = self.cfg.model_dump_json()
+        if self.store is None:  # else they follow the store
+            await asyncio.to_thread(self.fleet.write_snapshot, self.fleet_path)
+            self.fleet.on_change = lambda _fleet: self._fleet_changed.set()
+            self._snapshot_task = asyncio.create_task(self._write_snapshots())
+        # the configuration goes through a file only this user can read, never the command
+        # line (``ps`` would show the admin token and API keys there)
+        cfg_path = write_private(self.fleet_path.parent / "worker-config.json",
+                                 self.cfg.model_dump_json().encode())
         for _ in range(self.workers - 1):
             proc = await asyncio.create_subprocess_exec(
-                *with_pdeathsig([sys.executable, "-m", "frontend.worker", "--config-json", cfg_json,
+                *with_pdeathsig([sys.executable, "-m", "frontend.worker", "--config",
+                                 str(cfg_path),
                                  "--fleet", str(self.fleet_path), "--fd", str(sock.fileno()),
                                  "--reports", str(self.reports_dir)]),
                 pass_fds=(sock.fileno(),), start_new_session=True,
@@ -321,7 +467,12 @@ class LocalCluster:
     async def stop(self) -> None:
         if self.control is not None:
             await self.control.stop()
-        for task in (self._health_task, self._snapshot_task):
+        for store_task in self._store_tasks:
+            store_task.cancel()
+        await asyncio.gather(*self._store_tasks, return_exceptions=True)
+        if self.leadership is not None:
+            await self.leadership.release()
+        for task in (self._health_task, self._snapshot_task, self._metrics_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -329,6 +480,10 @@ class LocalCluster:
             if proc.returncode is None:
                 proc.terminate()
         await asyncio.gather(*(p.wait() for p in self._worker_procs))
+        for proc in self._worker_procs:
+            process_dead(proc.pid)
+        if self.front.metrics is not None:
+            self.front.metrics.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.before_stop()
@@ -350,6 +505,8 @@ class LocalCluster:
             self.runtime = None
         if self.backend is not None:
             await self.backend.close()
+        if self.store is not None:
+            await self.store.close()
         if not self.cfg.frontend.port:
             release_port(self.port)
         self._stopped.set()
@@ -363,17 +520,17 @@ class ClusterThread:
 
     def __init__(self, cfg: MarkConfig,
                  warm_start: Mapping[str, np.ndarray] | None = None,
-                 defer_loop: bool = False) -> None:
+                 defer_loop: bool = False, role: str = "all") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.cluster: LocalCluster = self.call(self._make(cfg, warm_start, defer_loop))
+        self.cluster: LocalCluster = self.call(self._make(cfg, warm_start, defer_loop, role))
         self.call(self.cluster.start(), timeout=600)
 
     @staticmethod
     async def _make(cfg: MarkConfig, warm_start: Mapping[str, np.ndarray] | None,
-                    defer_loop: bool) -> LocalCluster:
-        return LocalCluster(cfg, warm_start, defer_loop)  # built on the cluster's loop
+                    defer_loop: bool, role: str) -> LocalCluster:
+        return LocalCluster(cfg, warm_start, defer_loop, role)  # built on the cluster's loop
 
     @property
     def url(self) -> str:

@@ -84,7 +84,8 @@ from provisioner.faas_tier import (
     cold_start_cover,
     faas_tier_cost_per_request,
 )
-from provisioner.headroom import plan_headroom
+from provisioner.headroom import Option as HeadroomOption
+from provisioner.headroom import base_rate, choose_headroom, headroom_options
 from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
 from provisioner.serving import default_serving_plan
 
@@ -93,6 +94,7 @@ from provisioner.serving import default_serving_plan
 #: (``bench/forecaster_cost.py``). For ``"auto-quantile"`` the planner re-derives the
 #: quantile from instance vs FaaS prices at each decision (:meth:`MArkGreedy.decide`).
 DEFAULT_FORECAST = "auto-quantile"
+NOW_S = 10.0  # "now" for the spill FaaS must absorb at once: the last seconds' rate
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class GreedyState:
     last_needed_s: dict[str, float] = field(default_factory=dict)
     sent_plan: bool = False
     faas: FaasConfig | None = None  # the FaaS settings last sent
+    headroom: tuple[HeadroomOption, ...] = ()  # the headroom replay's options ...
+    headroom_at: float = -math.inf  # ... as of this time
 
 
 def greedy_plan(
@@ -226,6 +230,7 @@ class MArkGreedy:
         first_life_s: float | None = None,
         faas_limits: bool = True,
         noise_band_sigmas: float = 0.0,
+        headroom_every_s: float = 300.0,
     ) -> None:
         self.ctx = ctx
         self.faas_tier = faas_tier and faas_aware and spill
@@ -241,6 +246,13 @@ class MArkGreedy:
         self.headroom_lag_s = delay + interval_s
         self.faas_limits = faas_limits
         self.noise_band_sigmas = noise_band_sigmas
+        self.headroom_every_s = headroom_every_s
+        # what a request/s of instance capacity held as headroom costs, and one instance's
+        # capacity (the cheapest type per request)
+        plan_types = (serving or default_serving_plan(ctx)).types
+        self._headroom_inst = min(
+            ((ctx.price_usd_per_h(t, m) / 3600.0 / ts.capacity_rps, ts.capacity_rps)
+             for t, ts in plan_types.items() for m in ctx.markets), default=(math.inf, 0.0))
         self.interval_s = interval_s
         self.horizon_steps = max(1, math.ceil(horizon_s / interval_s))
         self.hold_s = hold_s
@@ -318,11 +330,12 @@ class MArkGreedy:
             return self.serving.faas
         return faas_config_for(self.ctx, spill_rps)
 
-    def spill_rate_rps(self, snap: Snapshot) -> float:
-        """Requests/s that exceeded the ready fleet's capacity over the last interval."""
+    def spill_rate_rps(self, snap: Snapshot, window_s: float | None = None) -> float:
+        """Requests/s that exceeded the ready fleet's capacity over the last interval (or
+        the last ``window_s`` seconds)."""
         cap = sum(self.serving.types[i.instance_type].capacity_rps for i in snap.fleet
                   if i.serving and i.instance_type in self.serving.types)
-        last = snap.recent(self.interval_s)
+        last = snap.recent(self.interval_s if window_s is None else window_s)
         if last.size == 0:
             return 0.0
         return float(np.maximum(last - cap, 0.0).mean())
@@ -349,18 +362,31 @@ class MArkGreedy:
         left = max(float(f[0]) - sum(c.capacity_rps for c in chosen if c.ready_step == 0), 0.0)
         rate = snap.recent_rate(self.interval_s)
         guess = self.spill_plan_share * rate
-        faas = self.faas_for(max(self.spill_rate_rps(snap), left, guess))
+        spill_for = max(self.spill_rate_rps(snap), left, guess)
+        faas = self.faas_for(spill_for)
         cover = Cover(COVER_NONE, REASON_INSTANCES_PLANNED)
         if self.faas_tier and not chosen:
             # FaaS carries the whole stream: settings for its mean rate (as BATCH does)
+            spill_for = rate
             faas = self.faas_for(rate)
             cover, chosen, faas = self._cover(snap, float(f[0]), faas)
         headroom: dict[str, float] = {}
+        opts, opts_at = state.headroom, state.headroom_at
         if self.serving.spill and self.faas_limits and self.serving.types:
-            hr = plan_headroom(self.ctx, faas, snap.counts, self.headroom_lag_s,
-                               self.cover_window_s)
+            if not opts or snap.now_s - opts_at >= self.headroom_every_s:
+                # the replay over hours of history moves slowly: refreshed every few minutes
+                opts, opts_at = headroom_options(
+                    self.ctx, faas, snap.counts, self.headroom_lag_s, self.cover_window_s,
+                    spill_rps=spill_for, inst=self._headroom_inst,
+                    q=getattr(forecast, "q", None)), snap.now_s
+            # FaaS must absorb the spill under way now (a burst's first minute: the last
+            # seconds' rate, not the interval's mean) and the spill planned
+            hr = choose_headroom(opts, base_rate(snap.counts),
+                                 max(self.spill_rate_rps(snap, NOW_S), left))
             headroom = hr.info()
-            chosen = self._hold_floor(snap, chosen, hr.multiplier * rate)
+            if hr.faas is not None and hr.faas.memory_mb != opts[0].faas.memory_mb:
+                faas = hr.faas  # a larger memory absorbs more (else: this step's settings)
+            chosen = self._hold_floor(snap, chosen, hr.floor_rps)
         needed = dict(state.last_needed_s)
         for c in chosen:
             if c.existing:
@@ -389,7 +415,7 @@ class MArkGreedy:
                   **(cover.info() if self.faas_tier else {}), **headroom,
                   **self._type_reasons(chosen)},
         )
-        return decision, GreedyState(needed, True, faas)
+        return decision, GreedyState(needed, True, faas, opts, opts_at)
 
     def _type_reasons(self, chosen: list[Candidate]) -> dict[str, float]:
         """Why each type is (or is not) in the plan, as numbers: per type and market, its

@@ -4,14 +4,27 @@ Spill is the planner's fallback at burst onsets, while new instances boot. But F
 at most ``min(concurrency limit, scaling burst)`` new environments at once (Lambda: 1,000
 concurrent executions per account by default, and 1,000 new environments per 10 s per
 function); a spill stream beyond what those environments serve builds a backlog that every
-later spilled request waits behind, so *all* of it misses the SLO, not only the excess. So
-the fleet holds ``m`` x the current rate, with ``m`` the smallest multiplier such that,
-replayed over the recent history with instances that lag the rate by the launch delay, the
-spill of the 5-second windows where it exceeds ``utilisation`` x FaaS's rate stays within a
-share of the SLO's slack (the rest of the slack is left to cold starts and prediction
-error). At small scale FaaS absorbs every burst and ``m`` is 0
-(no floor); at MArk's scale it is what keeps the SLO at burst onsets. If no ``m`` up to
-``max_multiplier`` gets there, the plan accepts throttling and says so (``Decision.info``).
+later spilled request waits behind, so *all* of it misses the SLO, not only the excess.
+
+Two levers keep a burst onset within what FaaS absorbs, and the plan takes the cheaper mix:
+
+- **instance headroom**: the fleet holds at least ``m`` x the *base* rate (the median of the
+  last ``BASE_S`` seconds' 1-minute means: the level bursts start from; a burst in progress
+  does not raise it, so the floor is not multiplied by the burst itself, and minute-to-minute
+  noise does not move it, so it does not churn the fleet);
+- **FaaS memory**: a larger function runs an inference faster (more vCPUs), so the same
+  1,000 environments absorb more requests per second, at a higher price per request.
+
+For each memory size at or above the cheapest FaaS settings' (each with its cheapest batching
+for the spill stream), ``m`` is the smallest multiplier such that, replayed over the recent
+history with a fleet of ``max(last minute's rate, m x base)`` planned ``lag_s`` earlier, the
+spill of the 5-second windows where it exceeds ``UTILISATION`` x FaaS's rate stays within a
+share of the SLO's slack (the rest is left to cold starts and prediction error); the replay
+also prices each pair (instances held x the cheapest type's price per request-second, spill x
+that memory's FaaS price per request), and the cheapest feasible pair is planned. At small
+scale FaaS absorbs every burst, ``m`` is 0 (no floor) and the cheapest FaaS settings stay. If
+no pair gets there, the plan holds ``max_multiplier`` with the largest memory, accepts
+throttling and says so (``Decision.info``).
 
 Pure functions of the observed counts and the context.
 """
@@ -19,14 +32,19 @@ Pure functions of the observed counts and the context.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from provisioner.context import PolicyContext
+from provisioner.faas_batching import choose_faas_config
 from provisioner.records import FaasConfig
+from provisioner.serving import default_serving_plan
 
 RESOLUTION_S = 5  # rates are judged on 5-second means (cheap; Poisson noise smoothed)
+LEVEL_S = 60  # the plan's view of the current rate: the last minute's mean
+BASE_S = 1800  # the base rate: median of this many seconds' 1-minute means
+UTILISATION = 0.8  # FaaS is planned to run at most this busy at a burst onset
 
 
 def faas_absorb_rps(ctx: PolicyContext, cfg: FaasConfig) -> float:
@@ -41,61 +59,227 @@ def faas_absorb_rps(ctx: PolicyContext, cfg: FaasConfig) -> float:
     return envs * max(cfg.batch, 1) / (svc + cfg.timeout_s)
 
 
+def base_rate(counts: np.ndarray, base_s: int = BASE_S) -> float:
+    """Median of the 1-minute mean rates over the last ``base_s`` seconds (req/s)."""
+    n = min(counts.size, base_s) // LEVEL_S
+    if n == 0:
+        return float(np.mean(counts)) if counts.size else 0.0
+    w = np.asarray(counts[-n * LEVEL_S:], dtype=np.float64).reshape(n, LEVEL_S).mean(axis=1)
+    return float(np.median(w))
+
+
 @dataclass(frozen=True)
 class Headroom:
-    multiplier: float  # the fleet holds at least this x the current rate (0: no floor)
+    multiplier: float  # the fleet holds at least this x the base rate (0: no floor)
+    base_rps: float  # the base rate now (the floor is multiplier x base_rps)
     unabsorbed_share: float  # of requests in the history, at that multiplier
-    absorb_rps: float  # what FaaS takes at a burst onset
-    accepted_throttling: bool  # no multiplier up to the maximum kept within the allowance
+    absorb_rps: float  # what FaaS takes at a burst onset under ``faas``
+    accepted_throttling: bool  # no pair up to the maximum kept within the allowance
+    faas: FaasConfig | None = None  # the FaaS settings planned with (None: unchanged)
+    usd_per_h: float = 0.0  # replayed cost of the chosen pair, per hour of history
+
+    @property
+    def floor_rps(self) -> float:
+        return self.multiplier * self.base_rps
 
     def info(self) -> dict[str, float]:
-        return {"headroom_x": self.multiplier, "faas_absorb_rps": self.absorb_rps,
+        return {"headroom_x": self.multiplier, "headroom_base_rps": self.base_rps,
+                "headroom_floor_rps": self.floor_rps, "faas_absorb_rps": self.absorb_rps,
+                "faas_memory_mb": float(self.faas.memory_mb) if self.faas else math.nan,
                 "expected_unabsorbed_share": self.unabsorbed_share,
+                "headroom_replay_usd_per_h": self.usd_per_h,
                 "throttling_accepted": float(self.accepted_throttling)}
 
 
-UTILISATION = 0.8  # FaaS is planned to run at most this busy at a burst onset
+@dataclass(frozen=True)
+class Replay:
+    """5-second rates ``r`` and, aligned with them, what a plan made ``lag_s`` earlier saw:
+    the last minute's rate ``lvl`` and the base rate ``base``."""
+
+    r: np.ndarray
+    lvl: np.ndarray
+    base: np.ndarray
+
+    @classmethod
+    def of(cls, counts: np.ndarray, lag_s: float, q: float | None = None) -> Replay:
+        """``q``: the plan covers the ``q``-quantile of the last two minutes' 5-second rates
+        (the planner's forecast); None: the last minute's mean."""
+        c = np.asarray(counts, dtype=np.float64)
+        n_min = c.size // LEVEL_S
+        empty = cls(np.zeros(0), np.zeros(0), np.zeros(0))
+        if n_min < 2:
+            return empty
+        c = c[c.size - n_min * LEVEL_S:]
+        r = c.reshape(-1, RESOLUTION_S).mean(axis=1)
+        mins = c.reshape(n_min, LEVEL_S).mean(axis=1)
+        seen = mins
+        if q is not None:
+            per = LEVEL_S // RESOLUTION_S
+            two = np.concatenate((r[:per], r)).reshape(n_min + 1, per)
+            pairs = np.concatenate((two[:-1], two[1:]), axis=1)
+            seen = np.quantile(pairs, q, axis=1)
+        k = max(1, BASE_S // LEVEL_S)
+        pad = np.concatenate((np.full(k - 1, mins[0]), mins))
+        med = np.median(np.lib.stride_tricks.sliding_window_view(pad, k), axis=1)
+        # window i ends at e_i; its fleet was planned at the last minute boundary <= e_i - lag
+        ends = (np.arange(r.size) + 1) * RESOLUTION_S
+        j = np.floor((ends - lag_s) / LEVEL_S).astype(np.int64) - 1  # the minute it saw
+        ok = j >= 0
+        if not ok.any():
+            return empty
+        return cls(r[ok], seen[j[ok]], med[j[ok]])
+
+    def fleet(self, m: float) -> np.ndarray:
+        return np.maximum(self.lvl, m * self.base)
+
+    def share(self, absorb_rps: float, m: float) -> float:
+        """Share of the requests spilled in windows where the spill exceeds ``UTILISATION`` x
+        what FaaS takes (``absorb_rps``), with a floor of ``m`` x base."""
+        total = float(self.r.sum())
+        if total <= 0:
+            return 0.0
+        spill = np.maximum(self.r - self.fleet(m), 0.0)
+        return float(spill[spill > UTILISATION * absorb_rps].sum() / total)
+
+    def usd_per_h(self, m: float | np.ndarray, inst_usd_per_req_s: float,
+                  faas_usd_per_req: float) -> np.ndarray:
+        """Replayed cost per hour for each multiplier in ``m``: the fleet held, at the
+        cheapest type's price per request/s of capacity, plus the spill at the FaaS price."""
+        ms = np.atleast_1d(np.asarray(m, dtype=np.float64))
+        if self.r.size == 0:
+            return np.zeros(ms.size)
+        fleet = np.maximum(self.lvl[None, :], ms[:, None] * self.base[None, :])
+        spill = np.maximum(self.r[None, :] - fleet, 0.0)
+        per_s = (inst_usd_per_req_s * fleet.sum(axis=1)
+                 + faas_usd_per_req * spill.sum(axis=1)) / self.r.size
+        return per_s * 3600.0
+
+    def cheapest_m(self, lo: float, hi: float, inst_usd_per_req_s: float,
+                   faas_usd_per_req: float, min_saving: float = 0.05) -> tuple[float, float]:
+        """The multiplier in [lo, hi] (a coarse, then a fine grid) with the lowest replayed
+        cost, and that cost per hour: more headroom than the SLO needs where instances are
+        cheaper than the spill they save at burst onsets (a GPU fleet against FaaS). The
+        replay is a model (a continuous fleet, the forecast as a quantile): a multiplier
+        above ``lo`` is taken only if it saves at least ``min_saving`` of ``lo``'s cost."""
+        args = (inst_usd_per_req_s, faas_usd_per_req)
+        at_lo = float(self.usd_per_h(lo, *args)[0])
+        coarse = np.linspace(lo, hi, 17)
+        usd = self.usd_per_h(coarse, *args)
+        i = int(np.argmin(usd))
+        width = (hi - lo) / 16
+        fine = np.linspace(max(lo, coarse[i] - width), min(hi, coarse[i] + width), 17)
+        f_usd = self.usd_per_h(fine, *args)
+        j = int(np.argmin(f_usd))
+        m, best = (float(fine[j]), float(f_usd[j])) if f_usd[j] < usd[i] else (
+            float(coarse[i]), float(usd[i]))
+        if best > (1.0 - min_saving) * at_lo:
+            return lo, at_lo
+        return m, best
 
 
-def _rates(counts: np.ndarray, lag_s: float, level_s: int) -> tuple[np.ndarray, np.ndarray]:
-    """5-second rates and, aligned with them, the rate a plan made ``lag_s`` earlier saw."""
-    n = counts.size // RESOLUTION_S
-    r = counts[-n * RESOLUTION_S:].reshape(n, RESOLUTION_S).mean(axis=1) if n else np.zeros(0)
-    per = max(1, level_s // RESOLUTION_S)
-    k = n // per
-    lvl = np.repeat(r[n - k * per:].reshape(k, per).mean(axis=1), per) if k else np.zeros(0)
-    r = r[n - k * per:]
-    shift = per + math.ceil(lag_s / RESOLUTION_S)  # the plan saw the previous minute, lag ago
-    if r.size <= shift:
-        return np.zeros(0), np.zeros(0)
-    return r[shift:], lvl[:-shift]
-
-
-def _share(r: np.ndarray, lvl: np.ndarray, absorb_rps: float, m: float) -> float:
-    """Share of the requests spilled, by a fleet holding ``m`` x the lagged level, in the
-    windows where the spill exceeds ``UTILISATION`` x what FaaS takes (``absorb_rps``)."""
-    total = float(r.sum())
-    if total <= 0:
+def _smallest_m(rp: Replay, absorb: float, allowed: float, max_m: float) -> float | None:
+    if rp.share(absorb, 0.0) <= allowed:
         return 0.0
-    spill = np.maximum(r - m * lvl, 0.0)
-    return float(spill[spill > UTILISATION * absorb_rps].sum() / total)
+    if rp.share(absorb, max_m) > allowed:
+        return None
+    lo, hi = 0.0, max_m
+    while hi - lo > 0.02:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if rp.share(absorb, mid) <= allowed else (mid, hi)
+    return hi
+
+
+def memory_options(ctx: PolicyContext, cfg: FaasConfig, rate_rps: float) -> list[FaasConfig]:
+    """``cfg`` and, per larger memory size, its cheapest settings for a stream of
+    ``rate_rps`` (memoised per ~5% rate bin): what the plan may trade price for absorption."""
+    key = ("faas-mem", cfg, round(math.log(max(rate_rps, 1e-3)) * 20))
+    out = ctx.memo.get(key)
+    if out is None:
+        out = [cfg] + [choose_faas_config(ctx, math.exp(key[2] / 20), memories_mb=(m,))
+                       for m in ctx.catalogue.lambda_.memory_mb if m > cfg.memory_mb]
+        ctx.memo[key] = out
+    assert isinstance(out, list)
+    return out
+
+
+def cheapest_instance(ctx: PolicyContext) -> tuple[float, float]:
+    """($ per second per request/s of capacity, capacity in requests/s) of the cheapest
+    type and market per request under the SLO (``(inf, 0)`` without types)."""
+    plan = default_serving_plan(ctx)
+    return min(((ctx.price_usd_per_h(t, m) / 3600.0 / ts.capacity_rps, ts.capacity_rps)
+                for t, ts in plan.types.items() for m in ctx.markets), default=(math.inf, 0.0))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One FaaS memory size replayed: its settings, what they absorb at a burst onset, the
+    multiplier chosen (None: none up to the maximum keeps the allowance), its replayed cost
+    per hour and unabsorbed share."""
+
+    faas: FaasConfig
+    absorb_rps: float
+    multiplier: float | None
+    usd_per_h: float
+    unabsorbed_share: float
+
+
+def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, lag_s: float,
+                     window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0,
+                     spill_rps: float = 0.0, memories: bool = True,
+                     inst: tuple[float, float] | None = None, q: float | None = None
+                     ) -> tuple[Option, ...]:
+    """Per FaaS memory size (``cfg``'s and larger ones, each with its cheapest batching for
+    a spill stream of ``spill_rps``; only ``cfg`` with ``memories=False``): the cheapest
+    multiplier whose unabsorbed share over the last ``window_s`` seconds is within
+    ``slack_use`` x the SLO percentile's slack. ``inst``: (price of a request/s of instance
+    capacity per second, capacity of one instance), default the cheapest type's; ``q``: the
+    planner's forecast quantile (see :meth:`Replay.of`). The expensive half of
+    :func:`plan_headroom`: a policy may keep it for a few minutes (the history window moves
+    slowly) and re-choose with :func:`choose_headroom` at every decision."""
+    w = np.asarray(counts[-window_s:], dtype=np.float64)
+    rp = Replay.of(w, lag_s, q)
+    allowed = slack_use * (100.0 - ctx.slo.percentile) / 100.0
+    opts = memory_options(ctx, cfg, max(spill_rps, 1.0)) if memories else [cfg]
+    price = cheapest_instance(ctx)[0] if inst is None else inst[0]
+    out = []
+    for o in opts:
+        o = replace(o, provisioned=cfg.provisioned)
+        absorb = faas_absorb_rps(ctx, o)
+        m = _smallest_m(rp, absorb, allowed, max_multiplier)
+        usd = math.inf
+        if m is not None and math.isfinite(price):
+            m, usd = rp.cheapest_m(m, max_multiplier, price, o.cost_per_request_usd)
+        mm = max_multiplier if m is None else m
+        out.append(Option(o, absorb, m, usd, rp.share(absorb, mm)))
+    return tuple(out)
+
+
+def choose_headroom(options: tuple[Option, ...], base_rps: float, need_rps: float = 0.0,
+                    max_multiplier: float = 8.0) -> Headroom:
+    """The cheapest feasible option whose FaaS settings absorb ``need_rps`` (spill seen or
+    planned now, a burst under way) at ``UTILISATION``; if none absorbs it, the largest;
+    if none is feasible, the largest at the maximum multiplier, throttling accepted."""
+    fits = [o for o in options if UTILISATION * o.absorb_rps >= need_rps]
+    pool = fits or [max(options, key=lambda o: o.absorb_rps)]
+    ok = [o for o in pool if o.multiplier is not None]
+    if ok:
+        o = min(ok, key=lambda o: o.usd_per_h)  # first (cheapest settings) on ties
+        assert o.multiplier is not None
+        return Headroom(o.multiplier, base_rps, o.unabsorbed_share, o.absorb_rps, False,
+                        o.faas, o.usd_per_h if math.isfinite(o.usd_per_h) else 0.0)
+    o = max(pool, key=lambda o: o.absorb_rps)
+    return Headroom(max_multiplier, base_rps, o.unabsorbed_share, o.absorb_rps, True, o.faas)
 
 
 def plan_headroom(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, lag_s: float,
-                  window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0
-                  ) -> Headroom:
-    """The smallest multiplier whose unabsorbed share over the last ``window_s`` seconds is
-    within ``slack_use`` x the SLO percentile's slack (see the module docstring)."""
-    absorb = faas_absorb_rps(ctx, cfg)
-    r, lvl = _rates(np.asarray(counts[-window_s:], dtype=np.float64), lag_s, 60)
-    allowed = slack_use * (100.0 - ctx.slo.percentile) / 100.0
-    if _share(r, lvl, absorb, 0.0) <= allowed:
-        return Headroom(0.0, _share(r, lvl, absorb, 0.0), absorb, False)
-    top = _share(r, lvl, absorb, max_multiplier)
-    if top > allowed:
-        return Headroom(max_multiplier, top, absorb, True)
-    lo, hi = 0.0, max_multiplier
-    while hi - lo > 0.02:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if _share(r, lvl, absorb, mid) <= allowed else (mid, hi)
-    return Headroom(hi, _share(r, lvl, absorb, hi), absorb, False)
+                  window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0,
+                  spill_rps: float = 0.0, memories: bool = True,
+                  inst: tuple[float, float] | None = None, need_rps: float = 0.0,
+                  q: float | None = None) -> Headroom:
+    """:func:`headroom_options` then :func:`choose_headroom` at the base rate now (see the
+    module docstring); ``need_rps``: spill seen or planned now, so the first burst, before
+    the history knows any, is met by FaaS's fastest settings."""
+    opts = headroom_options(ctx, cfg, counts, lag_s, window_s, slack_use, max_multiplier,
+                            spill_rps, memories, inst, q)
+    return choose_headroom(opts, base_rate(np.asarray(counts[-window_s:])), need_rps,
+                           max_multiplier)

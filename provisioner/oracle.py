@@ -27,6 +27,11 @@ settings of a step with no instance are chosen for that step's rate or, with
 ``faas_rate_lag`` = 1, for the previous step's (BATCH's rule; the settings are chosen by
 an analytic model whose near-ties do not always fall the way the simulator bills them, so
 both hindsight plans are tried).
+
+FaaS's limits (``faas_limits=True``, the default) bind the hindsight plan as they bind the
+planner (:mod:`provisioner.headroom`): a step's capacity leaves at most ``UTILISATION`` x
+what FaaS absorbs at a burst onset (concurrency limit, scaling burst) to FaaS at the step's
+peak second, so the bound is not bought with throttling.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from provisioner.base import register_policy
 from provisioner.context import PolicyContext
 from provisioner.faas_batching import faas_config_for
 from provisioner.faas_tier import COVER_INSTANCE, COVER_WARM, cold_start_cover
+from provisioner.headroom import UTILISATION, faas_absorb_rps
 from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
 from provisioner.serving import default_serving_plan
 
@@ -92,7 +98,8 @@ class Oracle:
     )
 
     def __init__(self, ctx: PolicyContext, step_s: int = 60, smooth_s: int = 60,
-                 faas_weight: float = 1.0, faas_rate_lag: int = 0) -> None:
+                 faas_weight: float = 1.0, faas_rate_lag: int = 0,
+                 faas_limits: bool = True) -> None:
         if ctx.trace_counts is None:
             raise ConfigError("the oracle needs the trace (PolicyContext.trace_counts)")
         if step_s < 60:
@@ -161,6 +168,14 @@ class Oracle:
             cpr_u = np.array([faas_at(math.exp(u / 20)).cost_per_request_usd for u in uk])
             cpr = cpr_u[np.searchsorted(uk, keys)]
             total = best[xs] + faas_weight * over * cpr
+            if faas_limits:
+                # FaaS's limits hold for hindsight too: a level whose overflow at the step's
+                # peak second exceeds what FaaS absorbs at a burst onset is not a plan
+                ab = np.array([UTILISATION * faas_absorb_rps(ctx, faas_at(math.exp(u / 20)))
+                               for u in uk])[np.searchsorted(uk, keys)]
+                total = np.where(top - lv <= ab, total, np.inf)
+                if not np.isfinite(total).any():
+                    total[-1] = 0.0
             i = int(np.argmin(total))
             if xs[i] == 0:
                 faas_only(k, float(c.sum()))

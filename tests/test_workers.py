@@ -11,7 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from frontend.app import FrontEnd
 from frontend.fleet import Fleet
+from frontend.upstream import Upstream
 from frontend.worker import follow
 from mark.cluster import ClusterThread
 from mark.core.config import ControlConfig, FleetConfig, FrontendConfig, MarkConfig, ModelConfig
@@ -27,6 +29,12 @@ def _inst(iid: str, state: InstanceState = InstanceState.READY) -> Instance:
                     models=("m",))
 
 
+def front_of(fleet: Fleet) -> FrontEnd:
+    """A worker's front end around ``fleet`` (what ``follow`` applies snapshots to)."""
+    cfg = MarkConfig(models=[ModelConfig(name="m", kind="identity")])
+    return FrontEnd(cfg, fleet, Upstream())
+
+
 def test_auto_worker_count_leaves_instances_their_cores() -> None:
     cfg = MarkConfig(fleet=FleetConfig(instances=2))  # minilm, 2 torch threads each
     assert cfg.frontend_workers(cpu_count=2) == 1
@@ -39,7 +47,7 @@ async def test_worker_follows_snapshot_file(tmp_path: Path) -> None:
     path = tmp_path / "fleet.json"
     control.upsert(_inst("a"))
     control.write_snapshot(path)
-    task = asyncio.create_task(follow(worker, path, period_s=0.01))
+    task = asyncio.create_task(follow(front_of(worker), path, period_s=0.01))
     await asyncio.sleep(0.05)
     assert [i.id for i in worker.ready("m")] == ["a"]
     assert worker.instances["a"].market == Market.SPOT
@@ -63,7 +71,7 @@ async def test_two_rewrites_within_one_mtime_tick_are_both_seen(tmp_path: Path) 
     control.upsert(_inst("a"))
     assert control.write_snapshot(path) == 1
     first = os.stat(path)
-    task = asyncio.create_task(follow(worker, path, period_s=0.01))
+    task = asyncio.create_task(follow(front_of(worker), path, period_s=0.01))
     try:
         await asyncio.sleep(0.05)
         assert [i.id for i in worker.ready("m")] == ["a"]

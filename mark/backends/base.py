@@ -30,11 +30,11 @@ name is a ``ConfigError`` listing the registered ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from mark.core.config import MarkConfig
+from mark.core.config import MarkConfig, ModelConfig
 from mark.core.instances import Instance, Market
 from mark.core.registry import Registry
 
@@ -71,6 +71,10 @@ class Backend(Protocol):
         """Give spot instance ``instance_id`` an interruption notice now; returns the reclaim
         time. ``NotFound`` (naming the known ids) for an unknown one, ``Conflict`` (naming its
         market) for an on-demand one."""
+        ...
+
+    def serve_models(self, models: Sequence[ModelConfig]) -> None:
+        """The models later launches may ask for (models are registered while running)."""
         ...
 
     async def close(self) -> None:

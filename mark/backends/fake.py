@@ -20,7 +20,7 @@ from collections.abc import Collection, Sequence
 
 from mark.backends.base import ExitCallback, LaunchSpec, NoticeCallback, register_backend
 from mark.core.clock import Clock, WallClock
-from mark.core.config import MarkConfig
+from mark.core.config import MarkConfig, ModelConfig
 from mark.core.errors import Conflict, NotFound, ServiceUnavailable
 from mark.core.instances import Instance, InstanceState, Market
 
@@ -44,6 +44,9 @@ class FakeBackend:
         self.launched: list[str] = []
         self.terminated: list[str] = []
         self._reclaims: dict[str, asyncio.Task[None]] = {}
+
+    def serve_models(self, models: Sequence[ModelConfig]) -> None:
+        return None  # instances here serve whatever their launch names
 
     async def launch(self, spec: LaunchSpec) -> Instance:
         iid = f"fake-{next(self._ids)}"

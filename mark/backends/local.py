@@ -181,6 +181,9 @@ class LocalBackend:
         proc = self._procs.get(instance_id)
         return proc.pid if proc else None
 
+    def serve_models(self, models: Sequence[ModelConfig]) -> None:
+        self.models = list(models)
+
     def _models_of(self, spec: LaunchSpec) -> list[ModelConfig]:
         if not spec.models:
             return self.models

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from mark.core.errors import MarkError
 
 # sub-command module names under mark.cli, in help order
-COMMANDS: tuple[str, ...] = ("up", "faas", "load", "forecast", "simulate", "profile")
+COMMANDS: tuple[str, ...] = ("up", "provisioner", "faas", "load", "forecast", "simulate",
+                             "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:

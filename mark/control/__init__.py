@@ -6,11 +6,13 @@
 - :class:`ControlAdmin` (the ``/admin`` API's control-plane side);
 - count sources: :class:`LiveCounts` (front end and workers), :class:`ArrayCounts` (tests,
   replays);
-- :func:`build_controls`: the per-model controls for a configuration.
+- :func:`build_controls`: the per-model controls for a configuration;
+- :class:`~mark.control.models.ModelRegistry`: models registered, updated and deleted while
+  running (``/admin/models``).
 """
 
 from mark.control.admin import ControlAdmin
-from mark.control.build import build_controls
+from mark.control.build import build_control, build_controls
 from mark.control.counts import ArrayCounts, CountSource, InflightSource, LiveCounts
 from mark.control.ledger import CostLedger
 from mark.control.loop import ControlLoop, ModelControl
@@ -30,6 +32,7 @@ __all__ = [
     "InflightSource",
     "LiveCounts",
     "ModelControl",
+    "build_control",
     "build_controls",
     "build_policy",
     "cheapest_type",

@@ -6,16 +6,41 @@ from typing import Any
 
 from mark.backends.base import Backend
 from mark.control.loop import ControlLoop
-from mark.core.errors import NotFound
+from mark.control.models import ModelRegistry
+from mark.core.errors import Conflict, NotFound
 from mark.core.instances import InstanceState
 
 
 class ControlAdmin:
-    """Fleet, cost and decisions from the control loop; drains and notices through it."""
+    """Fleet, cost and decisions from the control loop; drains and notices through it;
+    models through the ``registry`` (409 without one: no control loop)."""
 
-    def __init__(self, loop: ControlLoop, backend: Backend) -> None:
+    def __init__(self, loop: ControlLoop, backend: Backend,
+                 registry: ModelRegistry | None = None) -> None:
         self.loop = loop
         self.backend = backend
+        self.registry = registry
+
+    def _registry(self) -> ModelRegistry:
+        if self.registry is None:
+            raise Conflict("models cannot be registered here: the control loop is off "
+                           "(control.enabled: false); the configured models are served")
+        return self.registry
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await self._registry().listing()
+
+    async def model(self, name: str) -> dict[str, Any]:
+        return await self._registry().get(name)
+
+    async def register(self, doc: Any) -> dict[str, Any]:
+        return await self._registry().register(doc)
+
+    async def update(self, name: str, doc: Any) -> dict[str, Any]:
+        return await self._registry().update(name, doc)
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        return await self._registry().delete(name)
 
     def _known(self, instance_id: str) -> None:
         if instance_id not in self.loop.fleet.instances:

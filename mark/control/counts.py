@@ -28,6 +28,11 @@ class CountSource(Protocol):
 
     def take(self, model: str, start: int, end: int) -> np.ndarray: ...
 
+    def complete_until(self) -> float | None:
+        """Counts are complete before this time of the loop's clock; None: up to now (a
+        source that can fall behind, such as a store that went away, says how far)."""
+        ...
+
 
 class InflightSource(Protocol):
     async def refresh(self) -> None: ...
@@ -42,6 +47,9 @@ class ArrayCounts:
         self.counts = {m: np.asarray(c, dtype=np.int64) for m, c in counts.items()}
 
     async def refresh(self) -> None:
+        return None
+
+    def complete_until(self) -> float | None:
         return None
 
     def take(self, model: str, start: int, end: int) -> np.ndarray:
@@ -82,6 +90,9 @@ class LiveCounts:
 
     def reports(self) -> list[WorkerReport]:
         return self._reports
+
+    def complete_until(self) -> float | None:
+        return None
 
     def take(self, model: str, start: int, end: int) -> np.ndarray:
         out = np.zeros(max(end - start, 0), dtype=np.int64)

@@ -57,7 +57,7 @@ from mark.control.counts import CountSource, InflightSource
 from mark.control.ledger import CostLedger
 from mark.control.planning import types_by_cost
 from mark.core.clock import Clock
-from mark.core.errors import NotFound
+from mark.core.errors import Conflict, NotFound
 from mark.core.instances import Instance, InstanceState, Market
 from provisioner import (
     Decision,
@@ -123,7 +123,8 @@ class ControlLoop:
         self.clock = clock
         self.counts = counts
         self.inflight = inflight
-        self.interval_s = interval_s or min(m.policy.interval_s for m in self.models.values())
+        self.interval_s = interval_s or min((m.policy.interval_s for m in self.models.values()),
+                                            default=10.0)
         self.history_s = history_s
         self.ready_timeout_s = ready_timeout_s
         self.drain_timeout_s = drain_timeout_s
@@ -225,14 +226,56 @@ class ControlLoop:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    # ---- models come and go ------------------------------------------------------------
+    def add_model(self, mc: ModelControl, starting_instances: int = 0) -> None:
+        """Plan ``mc`` from the next step on, its counts from now; launch
+        ``starting_instances`` of the plan's cheapest type at once (booting as any launch)."""
+        if mc.model in self.models:
+            raise Conflict(f"model {mc.model!r} is controlled already")
+        mc.hist_start, mc.history = math.floor(self.clock.now()), np.zeros(0, dtype=np.int64)
+        self.models[mc.model] = mc
+        self.apply_plan(mc)
+        self._event(mc, "registered", starting_instances=starting_instances)
+        if starting_instances and mc.plan.types:
+            itype = types_by_cost(mc.ctx, mc.plan, Market.ON_DEMAND)[0]
+            for _ in range(starting_instances):
+                self._spawn(self._launch(mc, LaunchOrder(itype)))
+
+    def update_model(self, mc: ModelControl) -> None:
+        """Replace a model's control (a new SLO, types, markets): its counts so far and its
+        fleet are kept; its plan is the new policy's first one until the next step, which
+        comes at once."""
+        old = self.models.get(mc.model)
+        if old is None:
+            raise NotFound(f"model {mc.model!r} is not controlled")
+        mc.history, mc.hist_start, mc.events = old.history, old.hist_start, old.events
+        self.models[mc.model] = mc
+        self.apply_plan(mc)
+        self._event(mc, "updated", slo_ms=mc.ctx.slo.latency_ms,
+                    slo_percentile=mc.ctx.slo.percentile)
+        self.wake()
+
+    def remove_model(self, model: str, reason: str = "model deleted") -> list[asyncio.Task[Any]]:
+        """Stop planning ``model`` and drain every instance of it (each lets its requests
+        finish); returns the drains, to await where the caller wants them done."""
+        mc = self.models.pop(model, None)
+        if mc is None:
+            raise NotFound(f"model {model!r} is not controlled; controlled: {sorted(self.models)}")
+        self.decisions.append({"t": round(self.now_s(), 3), "wall": time.time(), "model": model,
+                               "removed": True, "reason": reason, "launches": [],
+                               "terminations": [], "events": self._take_events(mc)})
+        return [self._spawn(self.drain(i.id, reason)) for i in self.instances_of(model)
+                if i.id not in self._leaving]
+
     # ---- a step -----------------------------------------------------------------------
     def instances_of(self, model: str) -> list[Instance]:
         return [i for i in self.fleet.instances.values() if model in i.models]
 
     async def step(self, starting: bool = False) -> None:
         await self.counts.refresh()
-        for mc in self.models.values():
-            await self._step_model(mc, starting)
+        for mc in list(self.models.values()):  # models may come and go meanwhile
+            if self.models.get(mc.model) is mc:
+                await self._step_model(mc, starting)
         self._steps += 1
 
     def _ingest(self, mc: ModelControl, upto: int) -> None:
@@ -247,7 +290,11 @@ class ControlLoop:
 
     async def _step_model(self, mc: ModelControl, starting: bool) -> None:
         now = self.now_s()
-        self._ingest(mc, math.floor(self.clock.now() - self.settle_s))
+        upto = self.clock.now() - self.settle_s
+        complete = self.counts.complete_until()
+        if complete is not None:  # the source fell behind (a store outage): wait for it
+            upto = min(upto, complete)
+        self._ingest(mc, math.floor(upto))
         counts = self.warm_start.get(mc.model) if starting else None
         if counts is None:
             counts = mc.history
@@ -272,7 +319,10 @@ class ControlLoop:
             info={k: _num(v) for k, v in dec.info.items()},
             error=None,
         )
-        await self._apply(mc, dec, starting)
+        if self.models.get(mc.model) is not mc:  # deleted or replaced while it decided
+            record.update(launches=[], terminations=[], superseded=True)
+        else:
+            await self._apply(mc, dec, starting)
         record["events"] = self._take_events(mc)
         self.decisions.append(record)
 

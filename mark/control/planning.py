@@ -74,10 +74,29 @@ def model_profile(model: ModelConfig, catalogue: Catalogue,
 
 def policy_context(cfg: MarkConfig, model: ModelConfig, catalogue: Catalogue | None = None,
                    measured: Path | None = None) -> PolicyContext:
-    types = tuple(cfg.control.types) if cfg.control.types else None
+    """The model's planning context: its SLO and profile, and the types and markets it may
+    use (its own ``instance_types``/``markets``, else ``control.types``/``control.spot``);
+    ConfigError naming the field for a type neither the catalogue nor the profile knows, or
+    markets without on_demand."""
     cat = planning_catalogue(cfg, catalogue)
-    return PolicyContext(cat, model_profile(model, cat, measured), model.slo,
-                         cfg.control.spot, types)
+    profile = model_profile(model, cat, measured)
+    wanted = model.instance_types or cfg.control.types
+    types = tuple(wanted) if wanted else None
+    if types is not None:
+        usable = sorted(set(cat.instances) & set(profile.instances))
+        unknown = [t for t in types if t not in usable]
+        if unknown:
+            field = "instance_types" if model.instance_types else "control.types"
+            raise ConfigError(f"model {model.name!r}: {field}: unknown instance type(s) "
+                              f"{unknown}; the catalogue and the profile both know {usable}")
+    spot = cfg.control.spot
+    if model.markets is not None:
+        if "on_demand" not in model.markets:
+            raise ConfigError(f"model {model.name!r}: markets: {model.markets} lacks "
+                              "'on_demand'; the planner keeps on-demand capacity under spot "
+                              "(accepted: [on_demand] or [on_demand, spot])")
+        spot = "spot" in model.markets
+    return PolicyContext(cat, profile, model.slo, spot, types)
 
 
 def build_policy(name: str, ctx: PolicyContext, interval_s: float,

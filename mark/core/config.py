@@ -46,6 +46,23 @@ class ModelConfig(_Strict):
     slo_percentile: float = Field(
         DEFAULT_SLO_PERCENTILE, gt=0, lt=100, description="share of requests that must meet it (%)"
     )
+    repository: str | None = Field(
+        None, description="a Triton model repository (a directory holding the model's folder "
+        "named like it) to serve instead of the bundled kind's; the kind still gives its profile "
+        "and metadata",
+    )
+    instance_types: list[str] | None = Field(
+        None, min_length=1, description="instance types this model may run on (default: "
+        "control.types, else every type the catalogue and the profile know)",
+    )
+    markets: list[Literal["on_demand", "spot"]] | None = Field(
+        None, min_length=1, description="markets this model may buy in (default: on_demand, "
+        "plus spot when control.spot)",
+    )
+    faas_memory_mb: int | None = Field(
+        None, ge=128, le=10_240, description="this model's function memory (MB; default: "
+        "faas.memory_mb, else the plan's)",
+    )
 
     @property
     def slo(self) -> Slo:
@@ -165,6 +182,11 @@ class FrontendConfig(_Strict):
     )
     timing_log_size: int = Field(100_000, gt=0, description="per-request timing records kept")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503")
+    api_keys: list[str] = Field(
+        default_factory=list, description="keys accepted on the inference routes (header "
+        "`authorization: Bearer <key>` or `x-api-key: <key>`); empty = the inference routes "
+        "are open. Also MARK_API_KEYS (comma-separated)",
+    )
     workers: int | Literal["auto"] = Field(
         "auto",
         description="front-end processes sharing the port; auto = the cores left to the front "
@@ -181,6 +203,11 @@ class FrontendConfig(_Strict):
                 f"exceed frontend.attempt_timeout_ceiling_s ({self.attempt_timeout_ceiling_s})"
             )
         return self
+
+    def effective_api_keys(self) -> frozenset[str]:
+        """The inference keys in force: ``api_keys`` plus MARK_API_KEYS (comma-separated)."""
+        env = [k.strip() for k in os.environ.get("MARK_API_KEYS", "").split(",") if k.strip()]
+        return frozenset([*self.api_keys, *env])
 
     def request_budget_s(self, slo_latency_ms: float) -> float:
         """Seconds from arrival to the deadline of an inference request of this SLO."""
@@ -245,11 +272,57 @@ class FunctionsConfig(_Strict):
                              "killed and reported as Sandbox.Timedout (s)")
 
 
+class AdminConfig(_Strict):
+    token: str | None = Field(
+        None, description="bearer token the /admin routes (and the dashboard's data) require; "
+        "MARK_ADMIN_TOKEN in the environment overrides it. Unset: the admin routes answer "
+        "only clients on loopback",
+    )
+
+    def effective_token(self) -> str | None:
+        """The token in force: MARK_ADMIN_TOKEN, else ``token`` (None = loopback only)."""
+        return os.environ.get("MARK_ADMIN_TOKEN") or self.token
+
+
+class StateConfig(_Strict):
+    """Where models, SLOs, the fleet, the serving plan and arrival counts are shared."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory = in this process (one host; worker processes follow "
+        "through files in runtime_dir); redis = shared by every worker, host and the "
+        "provisioner",
+    )
+    url: str = Field("redis://127.0.0.1:6379/0", description="the Redis URL (backend redis)")
+    prefix: str = Field("mark:", description="key prefix, so deployments can share a Redis")
+    leader_ttl_s: float = Field(
+        10.0, gt=0, description="the provisioner's leader lock expires this long after its "
+        "last renewal (s)",
+    )
+    timeout_s: float = Field(1.0, gt=0, description="timeout of one Redis call (s)")
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = Field(True, description="serve GET /metrics (Prometheus text format)")
+    window_s: float = Field(
+        60.0, gt=0, description="sliding window of mark_slo_attainment_ratio and the "
+        "dashboard's percentiles (s)",
+    )
+
+
+class LoggingConfig(_Strict):
+    json_lines: bool = Field(False, description="log one JSON object per line")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+
 class MarkConfig(_Strict):
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     faas: FunctionsConfig = Field(default_factory=FunctionsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     runtime_dir: Path = Field(
         Path(".runtime"), description="where model repositories and logs of instances go"

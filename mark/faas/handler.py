@@ -17,7 +17,9 @@ batches of at most ``max_batch_size`` rows if they exceed it, as Triton's batche
 the responses come back in the requests' order. A malformed request gets
 ``{"status": 400, "body_b64": <{"error": "..."}>}`` in its own slot; the others still run. A
 malformed event, an unknown model or a model failure raises: Lambda reports it as the
-function's error (``X-Amz-Function-Error: Unhandled``).
+function's error (``X-Amz-Function-Error: Unhandled``). Each request's ``x-request-id`` header
+(the front end's request id) is logged, one line per request
+(``request_id=<id> model=<m> status=<s>``), so the id reaches the invocation's log.
 
 Configuration: ``MARK_CONFIG_JSON`` (a :class:`~mark.core.config.MarkConfig` as JSON; unset:
 the defaults) names the models; the memory a ``profiled`` model's Lambda times are scaled
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -51,6 +54,7 @@ CONFIG_ENV = "MARK_CONFIG_JSON"
 MODEL_ENV = "MARK_MODEL"
 MEMORY_ENV = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
 DEFAULT_MEMORY_MB = 3008
+log = logging.getLogger(__name__)
 
 
 class InvalidEvent(BadRequest):
@@ -182,7 +186,22 @@ def handle(event: Any) -> dict[str, Any]:
             body, headers = encode_response(model, req, out)
             responses[i] = {"status": 200, "body_b64": base64.b64encode(body).decode(),
                             "headers": headers}
+    for item, resp in zip(items, responses, strict=True):  # the invocation's log (its tail
+        rid = _request_id(item)  # comes back to the front end in X-Amz-Log-Result)
+        status = resp["status"] if resp is not None else None
+        log.info("request_id=%s model=%s status=%s", rid, name, status,
+                 extra={"request_id": rid, "model": name})
     return {"responses": responses}
+
+
+def _request_id(item: Any) -> str:
+    """The front end's ``x-request-id`` of one request of the event ("-" when it has none)."""
+    headers = item.get("headers") if isinstance(item, dict) else None
+    if isinstance(headers, dict):
+        for k, v in headers.items():
+            if str(k).lower() == "x-request-id":
+                return str(v)[:128]
+    return "-"
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

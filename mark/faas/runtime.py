@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mark.core.config import MarkConfig
+from mark.core.config import MarkConfig, ModelConfig
 from mark.faas.handler import CONFIG_ENV, DEFAULT_MEMORY_MB, MEMORY_ENV, MODEL_ENV
 from mark.faas.lambda_api import (
     API_PREFIX,
@@ -68,21 +68,37 @@ class FunctionRuntime:
         self.cfg = cfg
         self.host = host if host is not None else cfg.faas.host
         self.port = port if port is not None else cfg.faas.port
-        faas = cfg.faas
-        cfg_json = cfg.model_dump_json()
         self.functions: dict[str, FunctionPool] = {}
+        self._queued: dict[str, int] = {}
         for model in cfg.models:
-            # faas.memory_mb, else the plan's for this model (``memory_mb``), else 3008
-            memory = faas.memory_mb or (memory_mb or {}).get(model.name) or DEFAULT_MEMORY_MB
-            name = faas.function_prefix + model.name
-            self.functions[name] = FunctionPool(
-                name, model.name, self._sandbox_env(name, model.name, memory, cfg_json),
-                memory_mb=memory, concurrency=faas.concurrency, keep_alive_s=faas.keep_alive_s,
-                timeout_s=faas.timeout_s)
-        self._queued = dict.fromkeys(self.functions, 0)
+            self.add_function(model, (memory_mb or {}).get(model.name))
         self._events: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
+
+    def add_function(self, model: ModelConfig, plan_memory_mb: int | None = None) -> str:
+        """Deploy ``model``'s function (the configuration's models must hold it: the
+        sandboxes read it there) with the model's ``faas_memory_mb``, else ``faas.memory_mb``,
+        else ``plan_memory_mb``, else 3008 MB; returns its name."""
+        faas = self.cfg.faas
+        memory = (model.faas_memory_mb or faas.memory_mb or plan_memory_mb
+                  or DEFAULT_MEMORY_MB)
+        name = faas.function_prefix + model.name
+        self.functions[name] = FunctionPool(
+            name, model.name,
+            self._sandbox_env(name, model.name, memory, self.cfg.model_dump_json()),
+            memory_mb=memory, concurrency=faas.concurrency, keep_alive_s=faas.keep_alive_s,
+            timeout_s=faas.timeout_s)
+        self._queued.setdefault(name, 0)
+        return name
+
+    async def remove_function(self, model: str) -> None:
+        """Delete ``model``'s function: its sandboxes are killed (invocations in flight on
+        them fail as a crashed sandbox's would; delete after the model's traffic stopped)."""
+        name = self.cfg.faas.function_prefix + model
+        pool = self.functions.pop(name, None)  # its _queued counter stays (events may drain)
+        if pool is not None:
+            await pool.close()
 
     def _sandbox_env(self, name: str, model: str, memory: int, cfg_json: str) -> dict[str, str]:
         """A worker's environment: ours plus what Lambda sets, and the handler's inputs."""

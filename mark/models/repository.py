@@ -134,14 +134,32 @@ def _model_files(models: list[ModelConfig], instance_type: str, max_batch_size: 
                  max_queue_delay_us: int | None) -> dict[str, str]:
     files: dict[str, str] = {}
     for model in models:
+        if model.repository is not None:  # served from its own repository: linked, not written
+            files[f"{model.name}.link"] = str(source_dir(model))
+            continue
         files[f"{model.name}/config.pbtxt"] = config_pbtxt(
             model, instance_type, max_batch_size, max_queue_delay_us)
         files[f"{model.name}/1/model.py"] = (_HERE / model.kind / "model.py").read_text()
     return files
 
 
+def source_dir(model: ModelConfig) -> Path:
+    """The model's folder in its own repository (``repository``/``name``); ConfigError naming
+    the field when it is not a Triton model folder."""
+    assert model.repository is not None
+    folder = Path(model.repository).expanduser().resolve() / model.name
+    if not (folder / "config.pbtxt").is_file():
+        raise ConfigError(f"model {model.name!r}: repository: {model.repository!r} must be a "
+                          f"Triton model repository holding {model.name}/config.pbtxt "
+                          f"(looked for {folder / 'config.pbtxt'})")
+    return folder
+
+
 def _write_files(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
+        if rel.endswith(".link"):  # a model folder of the user's repository
+            (root / rel.removesuffix(".link")).symlink_to(text, target_is_directory=True)
+            continue
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
