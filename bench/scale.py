@@ -12,14 +12,21 @@ simulator at >= 3 M requests/s at x100.
     .venv/bin/python bench/scale.py [--hours 24] [--scales 1 3 20 100] [--models ...]
         [--markets on-demand spot] [--types cpu all] [--json bench/results/scale.json]
 
-The full matrix is 32 configurations (x100 alone is 553 M requests per run); ``--hours``,
-``--scales`` and the other filters run a part of it, and the JSON says which.
+The full matrix is 32 configurations (x100 alone is 553 M requests per run, ~30 GB of
+simulator memory for a day); ``--hours``, ``--hours-at 100=6``, ``--scales``,
+``--spot-scales`` and the other filters run a part of it, and the JSON says which.
+``--start-h``/``--warm-h`` start later in the week with the hours before as the policies'
+past (a planner that has been running: it has seen bursts before the first one it is
+judged on); ``--quick-oracle-from`` runs one hindsight variant at large scales. FaaS
+throttling passes its check only where the plan said it accepts it
+(``throttling_accepted_share`` > 0: ``Decision.info``'s ``throttling_accepted``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,30 +35,44 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 from scenarios import CPU_TYPES, TWITTER, Scenario, print_rows, row  # noqa: E402
 
 from mark.core.slo import Slo  # noqa: E402
 from mark.core.workload.traces import load_trace  # noqa: E402
+from provisioner.oracle import Oracle  # noqa: E402
 
 MODELS = {"inception-v3": Slo(500, 98), "minilm": Slo(200, 98)}
 TARGETS = {"attainment": 0.99, "cost_ratio": 1.10, "launch_ratio": 3.0, "sim_rps_x100": 3e6}
 
 
-def scenario(hours: float, scale: float, model: str, types: str) -> Scenario:
-    counts = load_trace(TWITTER).slice(0, int(hours * 3600)).counts
-    return Scenario(f"twitter {hours:g} h x{scale:g}, {model}, {types}", counts, model,
-                    MODELS[model], scale, CPU_TYPES if types == "cpu" else None)
+def scenario(hours: float, scale: float, model: str, types: str, start_h: float = 0.0,
+             warm_h: float = 0.0) -> tuple[Scenario, np.ndarray | None]:
+    """The scenario and the history the policies see before it (``warm_h`` hours before
+    ``start_h``; None: none, the simulator's pre-roll)."""
+    tw = load_trace(TWITTER)
+    a = int(start_h * 3600)
+    counts = tw.slice(a, a + int(hours * 3600)).counts
+    w = min(int(warm_h * 3600), a)
+    hist = tw.slice(a - w, a).counts if w > 0 else None
+    when = f" from {start_h:g} h, warm {w / 3600:g} h" if start_h or w else ""
+    return (Scenario(f"twitter {hours:g} h{when} x{scale:g}, {model}, {types}", counts, model,
+                     MODELS[model], scale, CPU_TYPES if types == "cpu" else None), hist)
 
 
-def run(sc: Scenario, market: str, hours: float, oracle: bool) -> list[dict[str, Any]]:
+def run(sc: Scenario, market: str, hours: float, oracle: bool, history: np.ndarray | None,
+        quick_oracle: bool) -> list[dict[str, Any]]:
     spot = market == "spot"
     out: dict[str, dict[str, Any]] = {}
     for pol in (("oracle", "mark") if oracle else ("mark",)):
         t0 = time.perf_counter()
-        r = sc.simulate(pol, spot=spot, timeline=False)
+        kw: dict[str, Any] = {"history": history}
+        if pol == "oracle" and quick_oracle:  # one hindsight variant (the x20 CPU winner)
+            kw["policy_kw"] = dict(Oracle.search_space[0])
+        r = sc.simulate(pol, spot=spot, timeline=False, **kw)
         wall = time.perf_counter() - t0
         e = r.extra
-        out[pol] = row(sc, pol, market, r, None,
+        out[pol] = row(sc, pol, market, r, None, hours=hours,
                        launches_per_hour=e["launches"] / hours,
                        faas_share_of_cost=(r.cost_usd["faas"] / r.cost_usd["total"]
                                            if r.cost_usd["total"] else 0.0),
@@ -74,6 +95,9 @@ def check(r: dict[str, Any], scale: float) -> dict[str, bool]:
         ok["cost"] = r["ratio_to_oracle"] <= TARGETS["cost_ratio"]
     if r.get("launch_ratio_to_oracle") is not None:
         ok["launches"] = r["launch_ratio_to_oracle"] <= TARGETS["launch_ratio"]
+    # throttling only where the plan said it accepts it (Decision.info, share of decisions)
+    ok["throttling"] = (r["faas_throttled"] == 0
+                        or r.get("throttling_accepted_share", 0.0) > 0.0)
     if scale >= 100:
         ok["speed"] = r["sim_requests_per_s"] >= TARGETS["sim_rps_x100"]
     return ok
@@ -117,35 +141,58 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["on-demand", "spot"])
     ap.add_argument("--types", nargs="+", default=["cpu", "all"], choices=["cpu", "all"])
     ap.add_argument("--no-oracle", action="store_true", help="mark only (no cost ratios)")
+    ap.add_argument("--hours-at", nargs="*", default=[], metavar="SCALE=HOURS",
+                    help="hours for a scale (x100 for a day needs ~30 GB of memory)")
+    ap.add_argument("--spot-scales", type=float, nargs="*", default=None,
+                    help="scales run with spot too (default: every scale)")
+    ap.add_argument("--start-h", type=float, default=0.0, help="start in the trace (hours)")
+    ap.add_argument("--warm-h", type=float, default=0.0,
+                    help="hours before the start the policies see as their past")
+    ap.add_argument("--quick-oracle-from", type=float, default=math.inf,
+                    help="from this scale on, the oracle runs one variant, not its search")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "scale.json"))
     args = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    hours_at = {float(k): float(v) for k, v in (x.split("=") for x in args.hours_at)}
     for model in args.models:
         for types in args.types:
             for scale in args.scales:
-                sc = scenario(args.hours, scale, model, types)
+                hours = hours_at.get(scale, args.hours)
+                sc, hist = scenario(hours, scale, model, types, args.start_h, args.warm_h)
                 print(f"{sc.name}: {sc.requests} requests", flush=True)
                 for market in args.markets:
-                    for r in run(sc, market, args.hours, not args.no_oracle):
-                        r.update(model=model, types=types, scale=scale)
+                    if (market == "spot" and args.spot_scales is not None
+                            and scale not in args.spot_scales):
+                        continue
+                    for r in run(sc, market, hours, not args.no_oracle, hist,
+                                 scale >= args.quick_oracle_from):
+                        r.update(model=model, types=types, scale=scale, start_h=args.start_h,
+                                 warm_h=args.warm_h)
                         r["targets_met"] = check(r, scale)
                         rows.append(r)
     print()
     print_rows(rows)
-    print(f"\n{'scenario':44s} {'market':9s} {'policy':7s} {'launch/h':>9s} {'x oracle':>8s} "
+    print(f"\n{'scenario':44s} {'market':9s} {'policy':7s} {'SLO att':>8s} {'cost x':>7s} "
+          f"{'launch/h':>9s} {'x oracle':>8s} "
           f"{'throttled':>10s} {'faas %':>7s} {'M req/s':>8s}  targets")
     for r in rows:
         lr = r.get("launch_ratio_to_oracle")
+        cr = r.get("ratio_to_oracle")
         print(f"{r['scenario'][:44]:44s} {r['market']:9s} {r['policy']:7s} "
+              f"{r['slo_attainment']:8.3%} {'-' if cr is None else f'{cr:.2f}':>7s} "
               f"{r['launches_per_hour']:9.1f} {'-' if lr is None else f'{lr:.2f}':>8s} "
               f"{r['faas_throttled']:10d} {100 * r['faas_share_of_cost']:7.1f} "
               f"{r['sim_requests_per_s'] / 1e6:8.2f}  "
               f"{' '.join(k + ('+' if v else '-') for k, v in r['targets_met'].items())}")
     doc = {"hours": args.hours, "scales": args.scales, "models": args.models,
            "markets": args.markets, "types": args.types, "targets": TARGETS,
-           "full_matrix": (args.hours >= 24 and sorted(args.scales) == [1, 3, 20, 100]
+           "hours_at": hours_at, "spot_scales": args.spot_scales, "start_h": args.start_h,
+           "warm_h": args.warm_h, "quick_oracle_from": args.quick_oracle_from,
+           "full_matrix": (args.hours >= 24 and not hours_at
+                           and sorted(args.scales) == [1, 3, 20, 100]
                            and len(args.models) == 2 and len(args.markets) == 2
+                           and args.spot_scales is None
                            and len(args.types) == 2 and not args.no_oracle),
            "wall_seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     out = Path(args.json)

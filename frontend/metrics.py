@@ -89,8 +89,9 @@ def setup_multiprocess(directory: str | Path, worker: bool = False) -> Path:
     """Fix this process's metrics directory (once per process; later calls return the first).
 
     The serving process (``worker`` false) takes ``directory`` and clears the files of an
-    earlier run there; a ``PROMETHEUS_MULTIPROC_DIR`` it inherited is not its own (a test
-    process's, say) and is replaced. A ``worker`` takes the directory it inherited in
+    earlier run there (those of processes no longer alive: a front end and a provisioner on
+    one host may share it); a ``PROMETHEUS_MULTIPROC_DIR`` it inherited is not its own (a
+    test process's, say) and is replaced. A ``worker`` takes the directory it inherited in
     ``PROMETHEUS_MULTIPROC_DIR`` (``directory`` only without one) and clears nothing. The
     directory is put in the environment: prometheus-client reads it there whenever a series
     is made, and processes started from here on inherit it.
@@ -103,7 +104,8 @@ def setup_multiprocess(directory: str | Path, worker: bool = False) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     if not worker:
         for p in d.glob("*.db"):
-            p.unlink(missing_ok=True)
+            if not _alive(p):
+                p.unlink(missing_ok=True)
     os.environ[ENV] = str(d)
     if not getattr(values.ValueClass, "_multiprocess", False):  # imported before the env was set
         values.ValueClass = values.MultiProcessValue()
@@ -112,6 +114,24 @@ def setup_multiprocess(directory: str | Path, worker: bool = False) -> Path:
     _state = _State(d)
     log.info("metrics of every front-end process in %s", d)
     return d
+
+
+def _alive(path: Path) -> bool:
+    """Whether the process that writes ``path`` (``<kind>_<pid>.db``) is running (not us:
+    our files are never from before)."""
+    try:
+        pid = int(path.stem.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def metrics_dir() -> Path | None:

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -51,7 +52,14 @@ from mark.control import (
 )
 from mark.control.metrics import ControlMetrics
 from mark.control.models import ModelRegistry
-from mark.control.shared import Leadership, StoreCounts, publish_fleet, stored_models, sync_models
+from mark.control.shared import (
+    Leadership,
+    PlanPublisher,
+    StoreCounts,
+    publish_fleet,
+    stored_models,
+    sync_models,
+)
 from mark.core.clock import WallClock
 from mark.core.config import MarkConfig, ModelConfig
 from mark.core.errors import ConfigError, Conflict
@@ -218,8 +226,9 @@ class LocalCluster:
         log.info("state store: %s", self.store.url)
         if self.role == "frontend":
             return
-        self.leadership = Leadership(self.store, f"{socket.gethostname()}:{os.getpid()}",
-                                     self.cfg.state.leader_ttl_s)
+        self.leadership = Leadership(
+            self.store, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            self.cfg.state.leader_ttl_s)
         if self.role == "provisioner":
             await self.leadership.acquire()
         elif not await self.leadership.try_acquire():
@@ -253,7 +262,13 @@ class LocalCluster:
             self.registry.on_change = lambda: sync_models(store, self.fleet.model_docs)
         await sync_models(store, self.fleet.model_docs)
         self.fleet.on_change = lambda _fleet: self._fleet_changed.set()
+        plans = PlanPublisher(store)
+        if self.control is not None:
+            self.control.on_plan = plans.mark
+            for mc in self.control.models.values():
+                plans.mark(mc)
         self._store_tasks += [
+            asyncio.create_task(plans.run()),
             asyncio.create_task(publish_fleet(
                 self.fleet, store, self._fleet_changed,
                 on_resync=lambda: sync_models(store, self.fleet.model_docs))),

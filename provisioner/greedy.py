@@ -53,12 +53,24 @@ under a spot interruption notice are not counted; the plan replaces them. A new 
 serves only from the step it is ready in; the gap is spill's.
 
 FaaS has limits (``faas_limits=True``, :mod:`provisioner.headroom`): the account's
-concurrency limit and Lambda's scaling rate cap what spill can absorb at a burst onset, so
-the plan holds at least ``headroom_x`` x the current rate on instances, the smallest
-multiplier that, replayed over the last ``cover_window_s`` with instances lagging by the
-launch delay, keeps the spill FaaS could not absorb within half the SLO's slack
-(``Decision.info``: ``headroom_x``, ``faas_absorb_rps``, ``expected_unabsorbed_share``,
-``throttling_accepted``). At small scale it is 0.
+concurrency limit and Lambda's scaling rate cap what spill can absorb at a burst onset. The
+plan buys absorption where the replayed history (the last ``cover_window_s``, instances lagging
+by the slowest launch delay) says it is cheapest: a floor of ``headroom_x`` x the base rate
+(the median of the last half hour's minutes, so a burst in progress does not multiply it and
+minute noise does not churn it) on instances, larger (faster) functions, or both; the floor is
+at least what keeps the spill FaaS could not absorb within half the SLO's slack, and more
+where instances are cheaper than the onset spill they save (a GPU fleet). The FaaS settings
+must also absorb the spill under way now (the last ``NOW_S`` seconds), so a first burst the
+history has not seen is met by the fastest functions at the next decision. The replay is
+refreshed every ``headroom_every_s`` (kept in the policy state). ``Decision.info``:
+``headroom_x``, ``headroom_base_rps``, ``headroom_floor_rps``, ``faas_absorb_rps``,
+``faas_memory_mb``, ``expected_unabsorbed_share``, ``headroom_replay_usd_per_h``,
+``throttling_accepted`` (1 when no floor up to the maximum keeps the allowance: the plan
+accepts throttling). At small scale the floor is 0 and the cheapest settings stay.
+
+At MArk's scale a plan holds thousands of instances; the greedy takes a repeated pick at
+once where it provably repeats (:func:`greedy_plan`), so a decision costs O(types), not
+O(fleet).
 """
 
 from __future__ import annotations
@@ -191,15 +203,29 @@ def greedy_plan(
             for t in range(t_star, end):
                 r[t] = 0.0
             continue
-        chosen.append(best)
-        for t in range(best.ready_step, m):
-            r[t] -= best.capacity_rps
+        # the same pick repeats while every candidate would still serve the run at full
+        # capacity and ``best`` starts no later than any (the residuals then drop by the
+        # same amount wherever the peak search looks, so no cost, run or peak changes):
+        # take those picks at once (a fleet of thousands costs O(types) picks, not O(fleet))
+        cap = best.capacity_rps
+        key = (best.instance_type, best.market, cap, best.price_usd_per_h, best.ready_step)
+        left = len(groups[key]) if best.existing else max_new - n_new
+        k = 1
+        if best.ready_step == first and left > 1:
+            floor_r = min(r[t] for t in range(t_star, end))
+            top_cap = max(c.capacity_rps for c in pool)
+            if floor_r >= top_cap + cap:
+                k = min(left, 1 + int((floor_r - top_cap) // cap))
+                while k > 1 and run_cpr > faas_at(r[t_star] - (k - 1) * cap):
+                    k //= 2  # FaaS's price per request moves with the rate it would take
         if best.existing:
-            key = (best.instance_type, best.market, best.capacity_rps, best.price_usd_per_h,
-                   best.ready_step)
-            groups[key].pop(0)
+            chosen.extend(groups[key][:k])
+            del groups[key][:k]
         else:
-            n_new += 1
+            chosen.extend([best] * k)
+            n_new += k
+        for t in range(best.ready_step, m):
+            r[t] -= k * cap
     return chosen
 
 

@@ -125,6 +125,21 @@ def test_quantile_interpolates_within_buckets() -> None:
     assert math.isnan(quantile(bounds, np.zeros(4), 0.5))
 
 
+def test_only_files_of_ended_processes_are_cleared_at_start(tmp_path: Path) -> None:
+    """A front end and a provisioner on one host may share the directory: a process starting
+    clears what ended processes left, not what live ones write."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead_pid = int(ended.stdout)
+    assert not fm._alive(tmp_path / f"counter_{dead_pid}.db")
+    assert not fm._alive(tmp_path / f"counter_{os.getpid()}.db")  # ours: from an earlier run
+    assert fm._alive(tmp_path / f"gauge_mostrecent_{os.getppid()}.db")
+    assert not fm._alive(tmp_path / "counter_x.db")
+
+
 def test_record_costs_about_a_microsecond() -> None:
     models = {"bench": ModelConfig(name="bench", kind="identity")}
     m = FrontendMetrics(lambda: models, flush_s=3600.0)
@@ -201,9 +216,13 @@ def test_every_series_exists_and_moves_with_load(cluster: ClusterThread) -> None
 
     assert asyncio.run(errors()) == [404, 400]
 
-    def grown(s: Series) -> bool:
+    def grown(s: Series) -> bool:  # each process writes its counts within a quarter second
         return (total(s, "mark_requests_total", model=MODEL, status="200")
                 - total(before, "mark_requests_total", model=MODEL, status="200") >= n
+                and total(s, "mark_requests_total", status="400")
+                > total(before, "mark_requests_total", status="400")
+                and total(s, "mark_requests_total", status="404")
+                > total(before, "mark_requests_total", status="404")
                 and total(s, "mark_arrival_rate_rps", model=MODEL) > 0
                 and not math.isnan(total(s, "mark_latency_window_seconds", model=MODEL)))
 

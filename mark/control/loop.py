@@ -44,7 +44,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -134,6 +134,8 @@ class ControlLoop:
         self.warm_start = dict(warm_start or {})
         self.min_instances = min_instances
         self.faas = faas  # requests may spill (the front end has a FaaS path)
+        # called with each model whose plan was put into force (the store publishes it)
+        self.on_plan: Callable[[ModelControl], None] | None = None
         for mc in self.models.values():
             self.apply_plan(mc)
         self.epoch = float(math.floor(clock.now()))
@@ -362,6 +364,8 @@ class ControlLoop:
         self.fleet.spill[mc.model] = mc.plan.spill and self.faas
         self.fleet.faas_settings[mc.model] = (mc.plan.faas.batch, mc.plan.faas.timeout_s)
         self.fleet.refresh()
+        if self.on_plan is not None:
+            self.on_plan(mc)
 
     def serve_as_planned(self, mc: ModelControl, inst: Instance) -> None:
         ts = mc.plan.types.get(inst.instance_type)

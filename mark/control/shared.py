@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -28,8 +30,10 @@ from pydantic import ValidationError
 
 from frontend.arrivals import WorkerReport
 from frontend.fleet import Fleet
+from mark.control.loop import ModelControl
 from mark.core.config import ModelConfig
 from mark.core.state import StateStore, StateUnavailable
+from provisioner import ServingPlan
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class StoreCounts:
     def __init__(self, store: StateStore, models: Callable[[], Iterable[str]],
                  inflight: Mapping[str, int], lookback_s: int = 900, margin_s: int = 30,
                  stale_s: float = 5.0, refresh_s: float = 0.2, recover_hold_s: float = 2.0,
-                 ) -> None:
+                 lag_s: float = 1.0) -> None:
         self.store = store
         self.models = models
         self.inflight = inflight
@@ -57,6 +61,7 @@ class StoreCounts:
         self.stale_s = stale_s
         self.refresh_s = refresh_s
         self.recover_hold_s = recover_hold_s
+        self.lag_s = lag_s
         self.offset_s = round(time.time() - time.monotonic())
         self._cache: dict[str, dict[int, int]] = {}  # model -> epoch second -> count
         self._good_until: int | None = None  # epoch second of the last good read
@@ -68,7 +73,7 @@ class StoreCounts:
 
     def complete_until(self) -> float | None:
         """Counts are complete before this time of the loop's clock (the start of the last
-        good read; held for ``recover_hold_s`` after an outage, while the front ends send
+        good read less ``lag_s``; held for ``recover_hold_s`` after an outage, while the front ends send
         what they buffered; the far past before the first read)."""
         return 0.0 if self._complete_until is None else self._complete_until
 
@@ -108,7 +113,10 @@ class StoreCounts:
             del self._cache[model]
         self._good_until = now
         if now_mono - self._recovered_at >= self.recover_hold_s:
-            self._complete_until = now_mono
+            # an epoch second maps to the loop's within half a second (``offset_s`` is
+            # whole), and the processes flush every quarter: a second is complete once
+            # this much later
+            self._complete_until = now_mono - self.lag_s
         wall = time.time()
         reports = []
         for d in docs:
@@ -178,6 +186,49 @@ async def publish_fleet(fleet: Fleet, store: StateStore, changed: asyncio.Event,
         if down:
             down = False
             log.warning("fleet published again (snapshot %d)", seq)
+
+
+class PlanPublisher:
+    """The serving plan in force per model, into the store (``put_plan``) once per change,
+    retried while the store is unreachable."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._dirty: dict[str, ServingPlan] = {}
+        self._wake = asyncio.Event()
+
+    def mark(self, mc: ModelControl) -> None:
+        self._dirty[mc.model] = mc.plan
+        self._wake.set()
+
+    async def run(self, retry_s: float = 0.5) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                model, plan = next(iter(self._dirty.items()))
+                try:
+                    await self.store.put_plan(model, plan_doc(plan))
+                except StateUnavailable:
+                    await asyncio.sleep(retry_s)
+                    continue
+                if self._dirty.get(model) is plan:
+                    del self._dirty[model]
+
+
+def plan_doc(plan: ServingPlan) -> dict[str, Any]:
+    """A serving plan as JSON: per type its capacity, batching and wait budget; spill; the
+    FaaS tier's settings (a non-finite number as null)."""
+    doc: dict[str, Any] = _nan_free(dataclasses.asdict(plan))
+    return doc
+
+
+def _nan_free(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _nan_free(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_nan_free(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 async def stored_models(store: StateStore) -> list[ModelConfig]:

@@ -172,6 +172,9 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     }
     if prov > 0:
         extra["faas_provisioned_usd"] = round(prov, 6)
+    acc = [a for a in world.timeline.get("throttling_accepted", []) if math.isfinite(a)]
+    if acc:  # the plan's own word on throttling (Decision.info), share of its decisions
+        extra["throttling_accepted_share"] = round(sum(acc) / len(acc), 6)
     tier = faas_tier_summary(world)
     if tier:
         extra["faas_tier"] = tier

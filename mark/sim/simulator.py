@@ -52,6 +52,7 @@ def simulate(
     progress: bool = False,
     timeline: bool = True,
     name: str | None = None,
+    history: Any = None,
 ) -> SimResult:
     """Run ``policy`` over per-second ``counts`` (an array, or a Trace with ``.counts``).
 
@@ -61,6 +62,9 @@ def simulate(
     ``ml_premium``: a policy with ``price_factor`` (SageMaker) is billed at ml.* prices.
     A policy named without ``policy_kw`` whose class has a ``search_space`` (the oracle) is
     run once per variant and the cheapest run meeting the SLO is returned.
+    ``history``: per-second counts before the trace (scaled alike), the policy's past at its
+    first decision and after (a planner that has been running); None: the trace's first
+    ``PREROLL_S`` seconds are its past at t=0 (a pre-roll).
     """
     if isinstance(policy, str) and not policy_kw:
         space = getattr(POLICIES.get(policy), "search_space", ())
@@ -70,7 +74,7 @@ def simulate(
                 "profile": profile, "catalogue": catalogue, "slo": slo, "spot": spot,
                 "scale": scale, "seed": seed, "ml_premium": ml_premium, "types": types,
                 "spot_interruption_scale": spot_interruption_scale, "progress": progress,
-                "timeline": timeline, "name": name,
+                "timeline": timeline, "name": name, "history": history,
             }
             runs = [(v, simulate(counts, policy, policy_kw=dict(v), **kw)) for v in space]
             target = (slo or Slo()).percentile / 100.0
@@ -88,8 +92,9 @@ def simulate(
     pol = make_policy(policy, ctx, **(policy_kw or {})) if isinstance(policy, str) else policy
     factor = float(getattr(pol, "price_factor", 1.0)) if ml_premium else 1.0
     arr = spread_arrivals(c, seed)
+    hist = None if history is None else _counts(history, scale, seed + 13)
     world = World(c, arr, pol, ctx, spot_interruption_scale=spot_interruption_scale, seed=seed,
-                  billing_factor=factor)
+                  billing_factor=factor, history=hist)
     world.env.schedule(0.0, world.tick, PRIO_CONTROL)
     end = float(c.size)
     bar = _bar(progress, end)

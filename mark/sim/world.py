@@ -2,8 +2,9 @@
 virtual clock, one policy, and the hot path.
 
 Before any event changes the fleet, the requests that arrived since the previous one are
-routed by :class:`frontend.routing.WeightedRoundRobin` (one schedule per fleet, weights =
-capacities in requests/s, tiled with numpy) and served by
+routed as :class:`frontend.routing.WeightedRoundRobin` routes them (its stride scheduling,
+computed at once: one schedule per fleet, weights = capacities in requests/s, tiled with
+numpy) and served by
 :func:`mark.core.queueing.serve_segment` (Triton dynamic batching, spill test). The event
 core (:mod:`mark.sim.core`) carries policy ticks, instances becoming ready after their launch
 delay, spot interruption notices (2 minutes before the reclaim) and reclaims.
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from frontend.routing import WeightedRoundRobin
 from mark.core import queueing
 from mark.core.catalogue import Catalogue
 from mark.core.instances import Instance, InstanceState, Market
@@ -57,8 +57,12 @@ class World:
 
     def __init__(self, counts: np.ndarray, arr: np.ndarray, policy: ProvisioningPolicy,
                  ctx: PolicyContext, *, spot_interruption_scale: float, seed: int,
-                 billing_factor: float) -> None:
+                 billing_factor: float, history: np.ndarray | None = None) -> None:
         self.counts = counts
+        # what the policy sees as its past before t=0 (none: the trace's first PREROLL_S s)
+        self.history = None if history is None else np.asarray(history, dtype=np.int64)
+        self._seen = (counts if self.history is None
+                      else np.concatenate((self.history, counts)))
         self.arr = arr
         self.policy = policy
         self.ctx = ctx
@@ -78,7 +82,8 @@ class World:
         self._alloc(16)
         self.insts: list[SimInstance] = []
         self.live: dict[str, SimInstance] = {}
-        self.wrr = WeightedRoundRobin()
+        self._serving: dict[str, set[int]] = {}  # type -> slots of its serving instances
+        self._pass: dict[str, float] = {}  # WRR pass per type (see _stride_picks)
         self.pattern = np.empty(0, dtype=np.int32)
         self.pat_pos = 0
         self._weights: dict[str, tuple[int, ...]] = {}
@@ -87,7 +92,7 @@ class World:
         self.state = policy.initial_state()
         self.timeline: dict[str, list[float]] = {
             k: [] for k in ("t_s", "forecast_rps", "cap_on_demand_rps", "cap_spot_rps",
-                            "faas_cover", "faas_cover_reason")
+                            "faas_cover", "faas_cover_reason", "throttling_accepted")
         }
         self.n_interruptions = 0
         self.n_launches = 0
@@ -140,20 +145,47 @@ class World:
         )
         self.cursor = i1
 
+    def _stride_picks(self, weights: dict[str, float], n: int) -> np.ndarray:
+        """The next ``n`` picks of :class:`~frontend.routing.WeightedRoundRobin` over
+        ``weights`` (stride scheduling: the target with the lowest pass is picked and its pass
+        advances by 1/weight; ties to the first in sorted order; targets kept keep their
+        pass), computed at once: target i's k-th pick comes at pass ``p_i + k / w_i``."""
+        order = sorted(weights)
+        base = min((self._pass[t] for t in order if t in self._pass), default=0.0)
+        total = sum(weights.values())
+        extra = 4
+        while True:
+            vals, idx = [], []
+            for i, t in enumerate(order):
+                k = min(n, math.ceil(n * weights[t] / total) + extra) + 1
+                steps = np.full(k, 1.0 / weights[t])
+                steps[0] = self._pass.get(t, base)
+                vals.append(np.cumsum(steps))  # the same additions, so the same roundings
+                idx.append(np.full(k, i))
+            v, ix = np.concatenate(vals), np.concatenate(idx)
+            picked = ix[np.lexsort((ix, v))[:n]]
+            counts = np.bincount(picked, minlength=len(order))
+            if all(counts[i] < vals[i].size for i in range(len(order))):
+                break
+            extra = n  # a carried-over pass far off its share: take every pick possible
+        self._pass = {t: float(vals[i][counts[i]]) for i, t in enumerate(order)}
+        return np.array(order, dtype=object)[picked]
+
     def _reroute(self) -> None:
         """One WRR pattern per fleet change, tiled over the requests by :meth:`advance`.
 
-        Instances of one type have equal weights, so the
-        :class:`~frontend.routing.WeightedRoundRobin` runs over groups keyed by type (weight
+        Instances of one type have equal weights, so the WRR
+        (:meth:`_stride_picks`) runs over groups keyed by type (weight
         = capacity x instances, requests/s) and each group's picks go round robin over its
         instances: the same shares as WRR over instances, at O(pattern x types) instead of
         O(pattern x instances) per change.
         """
-        assert self.plan is not None or not any(i.serving for i in self.live.values())
+        assert self.plan is not None or not any(self._serving.values())
+        # the serving slots per type are kept as instances change state (a fleet of
+        # thousands is not scanned at every change); launch order = slot order
         members: dict[str, list[int]] = {}
-        for i in self.live.values():
-            if i.serving and self.plan is not None:
-                members.setdefault(i.instance_type, []).append(i.slot)
+        if self.plan is not None:
+            members = {t: sorted(v) for t, v in self._serving.items() if v}
         key = {t: tuple(v) for t, v in members.items()}
         if key == self._weights:
             return  # same serving set: keep the pattern and its position
@@ -162,9 +194,13 @@ class World:
             self.pattern = np.empty(0, dtype=np.int32)
             return
         assert self.plan is not None
-        self.wrr.set_weights({t: self.plan.types[t].capacity_rps * len(v)
-                              for t, v in members.items()})
-        picks = np.array(self.wrr.schedule(PATTERN_LEN))
+        if len(members) == 1:  # one type: WRR over it is round robin over its instances
+            (slots,) = members.values()
+            self.pattern = np.resize(np.array(slots, dtype=np.int32), PATTERN_LEN)
+            self.pat_pos = 0
+            return
+        picks = self._stride_picks({t: self.plan.types[t].capacity_rps * len(v)
+                                    for t, v in members.items()}, PATTERN_LEN)
         pattern = np.empty(picks.size, dtype=np.int32)
         for t, slots in members.items():
             pos = np.flatnonzero(picks == t)
@@ -199,6 +235,7 @@ class World:
         self.n_launches += 1
         if delay == 0.0:
             inst.state, inst.ready_at_s = InstanceState.READY, now
+            self._serving.setdefault(instance_type, set()).add(slot)
         else:
             inst.events.append(self.env.schedule(now + delay, lambda: self._ready(inst),
                                                  PRIO_NORMAL))
@@ -218,11 +255,13 @@ class World:
             return
         self.advance(self.env.now)
         inst.state, inst.ready_at_s = InstanceState.READY, self.env.now
+        self._serving.setdefault(inst.instance_type, set()).add(inst.slot)
         self._reroute()
 
     def _notice(self, inst: SimInstance) -> None:
         if inst.state in (InstanceState.PENDING, InstanceState.READY):
-            inst.state = InstanceState.NOTICE
+            inst.state = InstanceState.NOTICE  # still serving (from its next reroute)
+            self._serving.setdefault(inst.instance_type, set()).add(inst.slot)
 
     def _end(self, inst: SimInstance, cause: str = "policy") -> None:
         """End ``inst``: ``cause`` is "policy", "reclaim" (spot) or "end" (of the run)."""
@@ -236,6 +275,7 @@ class World:
                                             self.busy)
         was_serving = inst.serving
         inst.state = InstanceState.TERMINATED
+        self._serving.get(inst.instance_type, set()).discard(inst.slot)
         # a terminated instance finishes its queue (drain); a reclaimed one is simply gone
         inst.ended_at_s = self.env.now if reclaimed else max(self.env.now, busy_until)
         for ev in inst.events:
@@ -266,8 +306,10 @@ class World:
     def snapshot(self) -> Snapshot:
         now = self.env.now
         fleet = tuple(self.live.values())
-        # warm start: at t=0 the policy sees the trace's first PREROLL_S seconds as its past
-        seen = self.counts[:PREROLL_S] if now == 0.0 else self.counts[: int(now)]
+        if self.history is not None:  # warm start on a given past
+            seen = self._seen[: self.history.size + int(now)]
+        else:  # warm start: at t=0 the policy sees the trace's first PREROLL_S s as its past
+            seen = self.counts[:PREROLL_S] if now == 0.0 else self.counts[: int(now)]
         return Snapshot(now, seen, fleet, self.ctx.slo)
 
     def tick(self) -> None:
@@ -279,6 +321,7 @@ class World:
         tl["forecast_rps"].append(float(dec.info.get("forecast_rps", math.nan)))
         tl["faas_cover"].append(float(dec.info.get("faas_cover", math.nan)))
         tl["faas_cover_reason"].append(float(dec.info.get("faas_cover_reason", math.nan)))
+        tl["throttling_accepted"].append(float(dec.info.get("throttling_accepted", math.nan)))
         od = sp = 0.0
         for i in self.live.values():
             if i.serving and self.plan is not None:
