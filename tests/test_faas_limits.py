@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,7 +40,7 @@ def ctx_for(cat: Catalogue) -> PolicyContext:
     return PolicyContext(cat, load_profile("inception-v3"), SLO, types=CPU)
 
 
-def _decide(cat: Catalogue, counts: np.ndarray) -> dict[str, float]:
+def _decide(cat: Catalogue, counts: np.ndarray) -> Mapping[str, float]:
     pol = make_policy("mark", ctx_for(cat))
     d, _ = pol.decide(Snapshot(float(counts.size), counts, (), SLO), pol.initial_state())
     return d.info
@@ -103,7 +105,8 @@ def _second_burst_miss(r, counts: np.ndarray) -> float:
 
 
 def test_simulated_bursts_keep_the_slo_with_headroom_and_break_without(burst_counts) -> None:
-    kw = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1, "timeline": False}
+    kw: dict[str, Any] = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1,
+                          "timeline": False}
     held = simulate(burst_counts, "mark", **kw)
     blind = simulate(burst_counts, "mark", policy_kw={"faas_limits": False}, **kw)
     # the first burst is news to both; the second is kept by the headroom learned from it

@@ -4,7 +4,9 @@ memory bought for absorption, the hindsight plan under FaaS's limits, a warm his
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,7 +129,8 @@ def test_the_hindsight_plan_keeps_to_faas_limits() -> None:
     rate = np.full(1800, 1000.0)
     rate[600:900] = 6000.0
     counts = np.random.default_rng(1).poisson(rate)
-    kw = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1, "timeline": False}
+    kw: dict[str, Any] = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1,
+                          "timeline": False}
     held = simulate(counts, "oracle", policy_kw={"smooth_s": 1}, **kw)
     free = simulate(counts, "oracle", policy_kw={"smooth_s": 1, "faas_limits": False}, **kw)
     assert held.extra["faas_throttled"] <= free.extra["faas_throttled"]
@@ -142,18 +145,19 @@ def test_a_warm_history_is_the_policys_past() -> None:
     counts = np.random.default_rng(4).poisson(rate)
     hist, day = counts[:3600], counts[3600:]
     seen: list[int] = []
-    kw = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1, "timeline": False}
+    kw: dict[str, Any] = {"profile": "inception-v3", "slo": SLO, "types": CPU, "seed": 1,
+                          "timeline": False}
 
     class Spy:
         def __init__(self, ctx: PolicyContext) -> None:
             self.inner = make_policy("mark", ctx)
             self.name, self.interval_s, self.instant_launch = "mark", 60.0, False
-            self.info: list[dict[str, float]] = []
+            self.info: list[Mapping[str, float]] = []
 
         def initial_state(self) -> object:
             return self.inner.initial_state()
 
-        def decide(self, snap, state):  # type: ignore[no-untyped-def]
+        def decide(self, snap, state):
             seen.append(int(snap.counts.size))
             d, s = self.inner.decide(snap, state)
             self.info.append(d.info)
@@ -161,11 +165,11 @@ def test_a_warm_history_is_the_policys_past() -> None:
 
     ctx = PolicyContext(load_catalogue(), load_profile("inception-v3"), SLO, types=CPU)
     spy = Spy(ctx)
-    simulate(day, spy, history=hist, **kw)  # type: ignore[arg-type]
+    simulate(day, spy, history=hist, **kw)
     assert seen[0] == 3600 and seen[1] == 3660
     assert spy.info[0]["faas_memory_mb"] > 3008 or spy.info[0]["headroom_x"] > 1.0
     cold = Spy(ctx)
-    simulate(day, cold, **kw)  # type: ignore[arg-type]
+    simulate(day, cold, **kw)
     assert cold.info[0]["headroom_x"] == 0.0 and cold.info[0]["faas_memory_mb"] == 3008
 
 

@@ -314,6 +314,36 @@ class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
 
+class AwsConfig(_Strict):
+    """Where the ``aws`` backend and ``mark deploy aws`` act (every boto3 client honours
+    ``endpoint_url``, so moto or LocalStack can stand in)."""
+
+    deployment: str = Field(
+        "mark", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
+        description="the deployment's name: every resource is tagged mark:deployment=<name> "
+        "and only tagged instances are ever described, drained or terminated",
+    )
+    region: str = Field("us-east-1", description="AWS region")
+    endpoint_url: str | None = Field(None, description="endpoint override (moto, LocalStack)")
+    launch_templates: dict[str, str] = Field(
+        default_factory=dict, description="instance type -> launch template name (written by "
+        "mark deploy aws; default: <deployment>-<type with '.' as '-'>)",
+    )
+    ready_timeout_s: float = Field(
+        600.0, gt=0, description="an instance that has not passed Triton's health check this "
+        "long after launch is terminated and replaced (s)",
+    )
+    spot_poll_s: float = Field(
+        5.0, gt=0, description="how often an instance's agent polls the metadata service's "
+        "spot/instance-action (s)",
+    )
+    triton_port: int = Field(8000, ge=1, le=65535, description="Triton's HTTP port on instances")
+    notice_port: int = Field(
+        9100, ge=1, le=65535, description="where the control plane hears the instances' agents "
+        "report a spot notice (POST /notice)",
+    )
+
+
 class MarkConfig(_Strict):
     frontend: FrontendConfig = Field(default_factory=FrontendConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
@@ -323,6 +353,7 @@ class MarkConfig(_Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    aws: AwsConfig = Field(default_factory=AwsConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     runtime_dir: Path = Field(
         Path(".runtime"), description="where model repositories and logs of instances go"
