@@ -2,7 +2,10 @@
 
 For each scale, model (Inception-v3 with 98% under 500 ms, MiniLM with 98% under 200 ms),
 market (on demand, spot) and type set (CPU types only, all profiled types with the GPUs):
-``mark`` and the hindsight plan (``oracle``, run with the same FaaS limits), and per row SLO
+``mark`` and the hindsight plan (``oracle``, run with the same FaaS limits; it launches
+instantly) and that plan launched a launch delay ahead (``oracle-lead``: the same launch
+delays as mark, what a real cloud could run with perfect foresight; ``ratio_to_oracle_lead``),
+and per row SLO
 attainment, cost against the hindsight plan, launches per hour (and the hindsight plan's),
 churn, FaaS throttles, FaaS's share of the bill and the simulator's speed (requests per
 second of wall time). Rows in :mod:`scenarios`' one schema; targets checked per row:
@@ -17,7 +20,8 @@ simulator memory for a day); ``--hours``, ``--hours-at 100=6``, ``--scales``,
 ``--spot-scales`` and the other filters run a part of it, and the JSON says which.
 ``--start-h``/``--warm-h`` start later in the week with the hours before as the policies'
 past (a planner that has been running: it has seen bursts before the first one it is
-judged on); ``--quick-oracle-from`` runs one hindsight variant at large scales. FaaS
+judged on; ``--warm-at 100=2``: the same for one scale, starting that many hours in);
+``--quick-oracle-from`` runs one hindsight variant at large scales. FaaS
 throttling passes its check only where the plan said it accepts it
 (``throttling_accepted_share`` > 0: ``Decision.info``'s ``throttling_accepted``).
 """
@@ -64,12 +68,18 @@ def run(sc: Scenario, market: str, hours: float, oracle: bool, history: np.ndarr
         quick_oracle: bool) -> list[dict[str, Any]]:
     spot = market == "spot"
     out: dict[str, dict[str, Any]] = {}
-    for pol in (("oracle", "mark") if oracle else ("mark",)):
+    variant: dict[str, Any] = dict(Oracle.search_space[0])
+    for pol in (("oracle", "oracle-lead", "mark") if oracle else ("mark",)):
         t0 = time.perf_counter()
         kw: dict[str, Any] = {"history": history}
         if pol == "oracle" and quick_oracle:  # one hindsight variant (the x20 CPU winner)
-            kw["policy_kw"] = dict(Oracle.search_space[0])
-        r = sc.simulate(pol, spot=spot, timeline=False, **kw)
+            kw["policy_kw"] = dict(variant)
+        if pol == "oracle-lead":  # the winning plan, launched a launch delay ahead
+            kw["policy_kw"] = {**variant, "launch_lead": True}
+        r = sc.simulate("oracle" if pol == "oracle-lead" else pol, spot=spot, timeline=False,
+                        **kw)
+        if pol == "oracle" and "variant" in r.extra:
+            variant = dict(r.extra["variant"])
         wall = time.perf_counter() - t0
         e = r.extra
         out[pol] = row(sc, pol, market, r, None, hours=hours,
@@ -77,13 +87,14 @@ def run(sc: Scenario, market: str, hours: float, oracle: bool, history: np.ndarr
                        faas_share_of_cost=(r.cost_usd["faas"] / r.cost_usd["total"]
                                            if r.cost_usd["total"] else 0.0),
                        sim_requests_per_s=r.requests / wall if wall > 0 else 0.0)
-        print(f"  {market:9s} {pol:7s} ${r.cost_usd['total']:10.2f} att {r.slo_attainment:7.3%} "
+        print(f"  {market:9s} {pol:11s} ${r.cost_usd['total']:10.2f} att {r.slo_attainment:7.3%} "
               f"launches/h {e['launches'] / hours:8.1f} throttled {e['faas_throttled']:9d} "
               f"({wall:.0f} s, {r.requests / wall / 1e6:.1f} M req/s)", flush=True)
     if "oracle" in out:
-        base = out["oracle"]
+        base, lead = out["oracle"], out["oracle-lead"]
         for r_ in out.values():
             r_["ratio_to_oracle"] = r_["cost_usd"]["total"] / base["cost_usd"]["total"]
+            r_["ratio_to_oracle_lead"] = r_["cost_usd"]["total"] / lead["cost_usd"]["total"]
             r_["launch_ratio_to_oracle"] = (r_["launches_per_hour"] / base["launches_per_hour"]
                                             if base["launches_per_hour"] else None)
     return list(out.values())
@@ -110,6 +121,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     marks = [r for r in rows if r["policy"] == "mark"]
+    if not marks:
+        return
     groups = sorted({(r["model"], r["market"], r["types"]) for r in marks})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
     for g in groups:
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-h", type=float, default=0.0, help="start in the trace (hours)")
     ap.add_argument("--warm-h", type=float, default=0.0,
                     help="hours before the start the policies see as their past")
+    ap.add_argument("--warm-at", nargs="*", default=[], metavar="SCALE=HOURS",
+                    help="for a scale: start HOURS in, those hours the policies' past")
     ap.add_argument("--quick-oracle-from", type=float, default=math.inf,
                     help="from this scale on, the oracle runs one variant, not its search")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "scale.json"))
@@ -155,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     hours_at = {float(k): float(v) for k, v in (x.split("=") for x in args.hours_at)}
+    warm_at = {float(k): float(v) for k, v in (x.split("=") for x in args.warm_at)}
     for model in args.models:
         for types in args.types:
             for scale in args.scales:
                 hours = hours_at.get(scale, args.hours)
-                sc, hist = scenario(hours, scale, model, types, args.start_h, args.warm_h)
+                start_h, warm_h = ((warm_at[scale], warm_at[scale]) if scale in warm_at
+                                   else (args.start_h, args.warm_h))
+                sc, hist = scenario(hours, scale, model, types, start_h, warm_h)
                 print(f"{sc.name}: {sc.requests} requests", flush=True)
                 for market in args.markets:
                     if (market == "spot" and args.spot_scales is not None
@@ -167,29 +185,33 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     for r in run(sc, market, hours, not args.no_oracle, hist,
                                  scale >= args.quick_oracle_from):
-                        r.update(model=model, types=types, scale=scale, start_h=args.start_h,
-                                 warm_h=args.warm_h)
+                        r.update(model=model, types=types, scale=scale, start_h=start_h,
+                                 warm_h=warm_h)
                         r["targets_met"] = check(r, scale)
                         rows.append(r)
     print()
     print_rows(rows)
-    print(f"\n{'scenario':44s} {'market':9s} {'policy':7s} {'SLO att':>8s} {'cost x':>7s} "
+    print(f"\n{'scenario':44s} {'market':9s} {'policy':11s} {'SLO att':>8s} {'cost x':>7s} "
+          f"{'x lead':>7s} "
           f"{'launch/h':>9s} {'x oracle':>8s} "
           f"{'throttled':>10s} {'faas %':>7s} {'M req/s':>8s}  targets")
     for r in rows:
         lr = r.get("launch_ratio_to_oracle")
         cr = r.get("ratio_to_oracle")
-        print(f"{r['scenario'][:44]:44s} {r['market']:9s} {r['policy']:7s} "
+        cl = r.get("ratio_to_oracle_lead")
+        print(f"{r['scenario'][:44]:44s} {r['market']:9s} {r['policy']:11s} "
               f"{r['slo_attainment']:8.3%} {'-' if cr is None else f'{cr:.2f}':>7s} "
+              f"{'-' if cl is None else f'{cl:.2f}':>7s} "
               f"{r['launches_per_hour']:9.1f} {'-' if lr is None else f'{lr:.2f}':>8s} "
               f"{r['faas_throttled']:10d} {100 * r['faas_share_of_cost']:7.1f} "
               f"{r['sim_requests_per_s'] / 1e6:8.2f}  "
               f"{' '.join(k + ('+' if v else '-') for k, v in r['targets_met'].items())}")
     doc = {"hours": args.hours, "scales": args.scales, "models": args.models,
            "markets": args.markets, "types": args.types, "targets": TARGETS,
-           "hours_at": hours_at, "spot_scales": args.spot_scales, "start_h": args.start_h,
+           "hours_at": hours_at, "warm_at": warm_at, "spot_scales": args.spot_scales,
+           "start_h": args.start_h,
            "warm_h": args.warm_h, "quick_oracle_from": args.quick_oracle_from,
-           "full_matrix": (args.hours >= 24 and not hours_at
+           "full_matrix": (args.hours >= 24 and not hours_at and not warm_at
                            and sorted(args.scales) == [1, 3, 20, 100]
                            and len(args.models) == 2 and len(args.markets) == 2
                            and args.spot_scales is None

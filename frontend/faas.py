@@ -308,9 +308,11 @@ class FaasSpill:
 
 def make_spill(cfg: MarkConfig, fleet: Fleet, endpoint_url: str) -> FaasSpill:
     """The spill path of a front-end process: one function per model at ``endpoint_url``
-    (signed when the configuration names a remote endpoint), buffers set by the plan."""
+    (signed when the configuration names an endpoint, or the fleet is on AWS: real Lambda;
+    unsigned for the local runtime), buffers set by the plan."""
+    remote = cfg.faas.endpoint_url is not None or cfg.fleet.backend == "aws"
     invoker = LambdaInvoker(endpoint_url, cfg.faas.region, pool_size=cfg.faas.concurrency,
                             lambda_spec=load_catalogue().lambda_,
-                            sign=None if cfg.faas.endpoint_url else False)
+                            sign=None if remote else False)
     return FaasSpill(invoker, cfg.faas.function_prefix,
                      lambda model: fleet.faas_settings.get(model, (1, 0.0)))

@@ -167,7 +167,7 @@ class LocalCluster:
         self.control = ControlLoop(
             self.controls, self.backend, self.fleet, self.ledger, self.clock, self.counts,
             inflight=self.counts, interval_s=self.cfg.control.interval_s,
-            history_s=self.cfg.control.history_s, ready_timeout_s=self.cfg.fleet.ready_timeout_s,
+            history_s=self.cfg.control.history_s, ready_timeout_s=self.ready_timeout_s,
             drain_timeout_s=budget + 1.0,
             settle_s=1.0 if self.workers > 1 or self.store is not None else 0.0,
             decisions_kept=self.cfg.control.decisions_kept, warm_start=self.warm_start,
@@ -309,6 +309,13 @@ class LocalCluster:
         return build_control(cfg, model, measured=self._measured.get(model.name))
 
     @property
+    def ready_timeout_s(self) -> float:
+        """How long a launch may take to pass its health check (EC2 boots: ``aws``'s)."""
+        if self.cfg.fleet.backend == "aws":
+            return self.cfg.aws.ready_timeout_s
+        return self.cfg.fleet.ready_timeout_s
+
+    @property
     def min_instances(self) -> int:
         """``control.min_instances``, else 0 with FaaS (functions alone), 1 without."""
         if self.cfg.control.min_instances is not None:
@@ -319,7 +326,11 @@ class LocalCluster:
         """The spill path: the local function runtime (unless an endpoint is configured) and
         this process's client; workers get the endpoint through the fleet snapshot."""
         endpoint = self.cfg.faas.endpoint_url
-        if endpoint is None:
+        if endpoint is None and self.cfg.fleet.backend == "aws":
+            # real Lambda in the functions' region, SigV4-signed with boto3's credential
+            # chain (make_spill signs for a fleet on AWS)
+            endpoint = f"https://lambda.{self.cfg.faas.region}.amazonaws.com"
+        elif endpoint is None:
             # deployed with the plan's memory per model (as a deploy to AWS would be; a
             # later plan's memory is not applied to a running function)
             memory = {m: mc.plan.faas.memory_mb for m, mc in self.controls.items()}

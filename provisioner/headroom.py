@@ -16,15 +16,18 @@ Two levers keep a burst onset within what FaaS absorbs, and the plan takes the c
   1,000 environments absorb more requests per second, at a higher price per request.
 
 For each memory size at or above the cheapest FaaS settings' (each with its cheapest batching
-for the spill stream), ``m`` is the smallest multiplier such that, replayed over the recent
-history with a fleet of ``max(last minute's rate, m x base)`` planned ``lag_s`` earlier, the
-spill of the 5-second windows where it exceeds ``UTILISATION`` x FaaS's rate stays within a
-share of the SLO's slack (the rest is left to cold starts and prediction error); the replay
-also prices each pair (instances held x the cheapest type's price per request-second, spill x
-that memory's FaaS price per request), and the cheapest feasible pair is planned. At small
-scale FaaS absorbs every burst, ``m`` is 0 (no floor) and the cheapest FaaS settings stay. If
-no pair gets there, the plan holds ``max_multiplier`` with the largest memory, accepts
-throttling and says so (``Decision.info``).
+for the spill stream), the history is replayed (:class:`Replay`) with a fleet of
+``max(forecast, m x base)`` planned ``lag_s`` earlier (the forecast: the planner's quantile
+of the previous two minutes' 5-second rates). The smallest ``m`` whose spill in the 5-second
+windows where it exceeds ``UTILISATION`` x FaaS's rate stays within a share of the SLO's
+slack (the rest is left to cold starts and prediction error) is the SLO's minimum; above it,
+``m`` goes as far as the replayed cost (instances held x the cheapest type's price per
+request-second, spill x that memory's FaaS price per request) keeps falling by at least 5%
+(a GPU fleet is cheaper than the onset spill it saves; CPU instances usually are not). The
+cheapest feasible (memory, ``m``) is planned; the memory in force is kept unless another
+saves 5%. At small scale FaaS absorbs every burst, ``m`` is 0 (no floor) and the cheapest
+FaaS settings stay. If no pair gets there, the plan holds ``max_multiplier`` with the
+largest memory, accepts throttling and says so (``Decision.info``).
 
 Pure functions of the observed counts and the context.
 """
@@ -255,15 +258,22 @@ def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, la
 
 
 def choose_headroom(options: tuple[Option, ...], base_rps: float, need_rps: float = 0.0,
-                    max_multiplier: float = 8.0) -> Headroom:
+                    max_multiplier: float = 8.0, memory_mb: float | None = None,
+                    min_saving: float = 0.05) -> Headroom:
     """The cheapest feasible option whose FaaS settings absorb ``need_rps`` (spill seen or
     planned now, a burst under way) at ``UTILISATION``; if none absorbs it, the largest;
-    if none is feasible, the largest at the maximum multiplier, throttling accepted."""
+    if none is feasible, the largest at the maximum multiplier, throttling accepted.
+    ``memory_mb``: the memory size the FaaS settings have now; its option is kept unless
+    another saves ``min_saving`` of its replayed cost (the options are priced for the spill
+    stream of when they were replayed: near-ties are noise)."""
     fits = [o for o in options if UTILISATION * o.absorb_rps >= need_rps]
     pool = fits or [max(options, key=lambda o: o.absorb_rps)]
     ok = [o for o in pool if o.multiplier is not None]
     if ok:
         o = min(ok, key=lambda o: o.usd_per_h)  # first (cheapest settings) on ties
+        same = [c for c in ok if c.faas.memory_mb == memory_mb]
+        if same and o is not same[0] and o.usd_per_h > (1.0 - min_saving) * same[0].usd_per_h:
+            o = same[0]
         assert o.multiplier is not None
         return Headroom(o.multiplier, base_rps, o.unabsorbed_share, o.absorb_rps, False,
                         o.faas, o.usd_per_h if math.isfinite(o.usd_per_h) else 0.0)

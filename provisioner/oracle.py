@@ -28,6 +28,11 @@ settings of a step with no instance are chosen for that step's rate or, with
 an analytic model whose near-ties do not always fall the way the simulator bills them, so
 both hindsight plans are tried).
 
+``launch_lead=True`` gives the hindsight plan the same launch delays as every other
+policy: each step's fleet is launched a type's launch delay ahead (billed while it boots),
+so it is what a real cloud could run with perfect foresight; the default launches
+instantly (a lower bound).
+
 FaaS's limits (``faas_limits=True``, the default) bind the hindsight plan as they bind the
 planner (:mod:`provisioner.headroom`): a step's capacity leaves at most ``UTILISATION`` x
 what FaaS absorbs at a burst onset (concurrency limit, scaling burst) to FaaS at the step's
@@ -54,19 +59,25 @@ from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, 
 from provisioner.serving import default_serving_plan
 
 GRID = 600  # capacity levels evaluated per step
+MAX_UNITS = 400_000  # size of the knapsack table at most
 
 
 def knapsack_min_cost(
     caps: list[float], costs: list[float], max_cap: float, unit: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``best[x]``: min cost of a mix with capacity >= x*unit; ``pick[x]``: last item taken."""
+    """``best[x]``: min cost of a mix with capacity >= x*unit; ``pick[x]``: last item taken.
+
+    Capacities are counted in whole units, rounded down (never more than an item serves);
+    an item below one unit is left out."""
     n = math.ceil(max_cap / unit) + 1
     best = np.full(n, np.inf)
     pick = np.full(n, -1, dtype=np.int64)
     best[0] = 0.0
-    units = [max(1, int(c // unit)) for c in caps]
+    units = [int(c // unit) for c in caps]
     for x in range(1, n):
         for j, (u, c) in enumerate(zip(units, costs, strict=True)):
+            if u < 1:
+                continue
             v = best[max(0, x - u)] + c
             if v < best[x]:
                 best[x], pick[x] = v, j
@@ -99,13 +110,18 @@ class Oracle:
 
     def __init__(self, ctx: PolicyContext, step_s: int = 60, smooth_s: int = 60,
                  faas_weight: float = 1.0, faas_rate_lag: int = 0,
-                 faas_limits: bool = True) -> None:
+                 faas_limits: bool = True, launch_lead: bool = False) -> None:
         if ctx.trace_counts is None:
             raise ConfigError("the oracle needs the trace (PolicyContext.trace_counts)")
         if step_s < 60:
             raise ConfigError(f"oracle step_s must be >= 60 (billing minimum), got {step_s}")
         self.ctx = ctx
         self.interval_s = float(step_s)
+        # launch_lead: the same launch delays as any policy, each step's fleet launched a
+        # launch delay ahead (a hindsight plan a real cloud could run); else instant
+        self.instant_launch = not launch_lead
+        self.lead_steps = {t: math.ceil(ctx.catalogue.instance(t).launch_delay_s / step_s)
+                           for t in ctx.instance_types} if launch_lead else {}
         self.serving = default_serving_plan(ctx)
         self.plan: list[Counter[tuple[str, Market]]] = []
         self.bound_usd = 0.0
@@ -114,7 +130,9 @@ class Oracle:
         caps = [self.serving.types[t].capacity_rps for t, _ in items]
         costs = [ctx.price_usd_per_h(t, m) * step_s / 3600.0 for t, m in items]
         peak = float(counts.max()) if counts.size else 0.0
-        unit = max(min(caps) / 8.0, peak / 4000.0, 1e-6) if caps else 1.0
+        # an eighth of the smallest capacity (counted within 12.5%, never over), coarser
+        # only where the table would pass MAX_UNITS (a peak of tens of thousands of req/s)
+        unit = max(min(caps) / 8.0, peak / MAX_UNITS, 1e-6) if caps else 1.0
         best, pick = knapsack_min_cost(caps, costs, peak + max(caps, default=0.0), unit)
         nsteps = math.ceil(counts.size / step_s)
         self.bound_usd = 0.0
@@ -198,6 +216,12 @@ class Oracle:
     def decide(self, snap: Snapshot, state: OracleState) -> tuple[Decision, OracleState]:
         k = min(int(snap.now_s // self.interval_s), len(self.plan) - 1) if self.plan else 0
         want = self.plan[k] if self.plan else Counter()
+        if self.lead_steps and self.plan:  # hold now what a step within the delay needs
+            want = Counter(want)
+            for (t, m) in {key for p in self.plan[k : k + max(self.lead_steps.values()) + 1]
+                           for key in p}:
+                ahead = self.plan[k : k + self.lead_steps.get(t, 0) + 1]
+                want[(t, m)] = max(p.get((t, m), 0) for p in ahead)
         have: dict[tuple[str, Market], list[str]] = {}
         for i in snap.fleet:
             if i.state != InstanceState.NOTICE:

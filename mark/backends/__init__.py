@@ -1,8 +1,9 @@
 """Backends: where instances come from (see :mod:`mark.backends.base` for the contract).
 
-Importing the package registers the built-in backends (``local``, ``fake``).
+Importing the package registers the built-in backends (``local``, ``fake``, ``aws``).
 """
 
+from mark.backends.aws import AwsBackend, CapacityError
 from mark.backends.base import (
     BACKENDS,
     Backend,
@@ -17,7 +18,9 @@ from mark.backends.local import LocalBackend
 
 __all__ = [
     "BACKENDS",
+    "AwsBackend",
     "Backend",
+    "CapacityError",
     "ExitCallback",
     "FakeBackend",
     "LaunchSpec",

@@ -19,7 +19,7 @@ from mark.core.errors import MarkError
 
 # sub-command module names under mark.cli, in help order
 COMMANDS: tuple[str, ...] = ("up", "provisioner", "faas", "load", "forecast", "simulate",
-                             "profile")
+                             "profile", "deploy")  # deploy registers deploy and teardown
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,8 @@ from provisioner import Decision, PolicyContext, ProvisioningPolicy, ServingPlan
 
 log = logging.getLogger(__name__)
 
-PATTERN_LEN = 1024
-PREROLL_S = 600  # WRR picks per routing pattern; tiled over a segment
+PATTERN_LEN = 1024  # WRR picks (over types) per routing pattern; tiled over a segment
+PREROLL_S = 600  # without a history, the policy's past at t=0: the trace's first seconds
 
 
 def spread_arrivals(counts: np.ndarray, seed: int) -> np.ndarray:
@@ -84,8 +84,10 @@ class World:
         self.live: dict[str, SimInstance] = {}
         self._serving: dict[str, set[int]] = {}  # type -> slots of its serving instances
         self._pass: dict[str, float] = {}  # WRR pass per type (see _stride_picks)
-        self.pattern = np.empty(0, dtype=np.int32)
+        self.pattern = np.empty(0, dtype=np.int32)  # WRR over types: codes into _groups
         self.pat_pos = 0
+        self._groups: list[tuple[str, np.ndarray]] = []  # (type, its serving slots)
+        self._rr: dict[str, int] = {}  # round-robin position within each type
         self._weights: dict[str, tuple[int, ...]] = {}
         self.plan: ServingPlan | None = None
         self.faas_changes: list[tuple[float, Any]] = []
@@ -131,9 +133,25 @@ class World:
             return
         n = i1 - i0
         if self.pattern.size:
+            # WRR over types (the pattern, tiled), round robin over each type's instances
+            # (every one of them, however many: a pattern of slots would reach only the
+            # first PATTERN_LEN of a fleet of thousands)
             idx = (np.arange(n) + self.pat_pos) % self.pattern.size
-            assign = self.pattern[idx]
+            codes = self.pattern[idx]
             self.pat_pos = (self.pat_pos + n) % self.pattern.size
+            assign = np.empty(n, dtype=np.int32)
+            for code, (t, slots) in enumerate(self._groups):
+                pos = np.flatnonzero(codes == code) if len(self._groups) > 1 else None
+                k = n if pos is None else pos.size
+                if k == 0:
+                    continue
+                at = self._rr.get(t, 0) % slots.size
+                pick = slots[(at + np.arange(k)) % slots.size]
+                if pos is None:
+                    assign[:] = pick
+                else:
+                    assign[pos] = pick
+                self._rr[t] = (at + k) % slots.size
         else:
             assign = np.full(n, -1, dtype=np.int32)
             if self.plan is None or not self.plan.spill:
@@ -176,9 +194,9 @@ class World:
 
         Instances of one type have equal weights, so the WRR
         (:meth:`_stride_picks`) runs over groups keyed by type (weight
-        = capacity x instances, requests/s) and each group's picks go round robin over its
-        instances: the same shares as WRR over instances, at O(pattern x types) instead of
-        O(pattern x instances) per change.
+        = capacity x instances, requests/s) and :meth:`advance` hands each group's picks
+        round robin over all its instances: the same shares as WRR over instances, at
+        O(pattern x types) instead of O(pattern x instances) per change.
         """
         assert self.plan is not None or not any(self._serving.values())
         # the serving slots per type are kept as instances change state (a fleet of
@@ -192,21 +210,18 @@ class World:
         self._weights = key
         if not members:
             self.pattern = np.empty(0, dtype=np.int32)
+            self._groups = []
             return
         assert self.plan is not None
+        self._groups = [(t, np.array(v, dtype=np.int32)) for t, v in members.items()]
+        self.pat_pos = 0
         if len(members) == 1:  # one type: WRR over it is round robin over its instances
-            (slots,) = members.values()
-            self.pattern = np.resize(np.array(slots, dtype=np.int32), PATTERN_LEN)
-            self.pat_pos = 0
+            self.pattern = np.zeros(1, dtype=np.int32)
             return
         picks = self._stride_picks({t: self.plan.types[t].capacity_rps * len(v)
                                     for t, v in members.items()}, PATTERN_LEN)
-        pattern = np.empty(picks.size, dtype=np.int32)
-        for t, slots in members.items():
-            pos = np.flatnonzero(picks == t)
-            pattern[pos] = np.resize(np.array(slots, dtype=np.int32), pos.size)
-        self.pattern = pattern
-        self.pat_pos = 0
+        code = {t: i for i, (t, _) in enumerate(self._groups)}
+        self.pattern = np.array([code[t] for t in picks], dtype=np.int32)
 
     # ---- fleet changes ---------------------------------------------------------------
     def _launch(self, instance_type: str, market: Market, instant: bool,
