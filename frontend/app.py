@@ -11,8 +11,10 @@ from typing import Any
 
 import orjson
 from sanic import Request, Sanic, response
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestTimeout, SanicException
+from sanic.http import Http, Stage
 from sanic.response import HTTPResponse
+from sanic.server.protocols.http_protocol import HttpProtocol
 
 from frontend.admin import AdminApi, add_admin_routes
 from frontend.arrivals import ArrivalCounter
@@ -42,6 +44,18 @@ _FWD_REQ = ("content-type", "inference-header-content-length", "content-encoding
             "accept-encoding")
 _FWD_RESP = ("content-type", "inference-header-content-length", "content-encoding")
 _FWD_RESP_BYTES = {k: k.encode() for k in _FWD_RESP}
+
+# Connection timeouts (s), set on every front-end app by create_app (candidates for
+# frontend.* configuration fields). A whole request, head and body, must arrive within
+# REQUEST_TIMEOUT_S of its first byte (FrontendProtocol: Sanic's own timer restarts on every
+# byte, so a client sending a byte a second would hold its connection for ever); an idle
+# keep-alive connection is closed after KEEP_ALIVE_TIMEOUT_S; a handler and its reply get
+# at least RESPONSE_TIMEOUT_S, and always the longest inference deadline plus a margin.
+REQUEST_TIMEOUT_S = 30.0
+KEEP_ALIVE_TIMEOUT_S = 30.0
+RESPONSE_TIMEOUT_S = 60.0
+LISTEN_BACKLOG = 1024  # connections the kernel queues before the front end accepts them
+_DRAIN_GRACE_S = 1.0  # after a 408, how long the rest of a late body may still come (s)
 
 
 class ProxyResponse(HTTPResponse):
@@ -392,15 +406,92 @@ def error_response(exc: Exception, max_body_bytes: int | None = None,
                          headers=extra)
 
 
+class _TimedHttp(Http):
+    """Sanic's HTTP/1.1 cycle, noting when each request's first byte arrived."""
+
+    __slots__ = ()
+
+    def init_for_request(self) -> None:
+        super().init_for_request()
+        proto: Any = self.protocol  # a FrontendProtocol
+        # bytes already buffered (pipelined) are this request's first; else the next ones
+        proto.request_began = time.monotonic() if self.recv_buffer else None
+
+
+class FrontendProtocol(HttpProtocol):  # type: ignore[misc]
+    """HTTP/1.1 with a deadline on receiving each whole request.
+
+    Sanic's REQUEST_TIMEOUT (and RESPONSE_TIMEOUT, which covers reading the body) restart
+    whenever a byte arrives: headers that never finish, or a body sent a byte a second,
+    would hold a connection and its buffers for ever. Here a request whose head and body
+    have not all arrived within ``REQUEST_TIMEOUT`` of its first byte gets 408 and its
+    connection is closed, also while the body of a request already answered (a 404, say)
+    is still being drained. Sanic's own timeouts apply as before.
+    """
+
+    HTTP_CLASS = _TimedHttp
+    __slots__ = ("request_began",)
+
+    def _setup(self) -> None:
+        super()._setup()
+        self.request_began: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.request_began is None:
+            self.request_began = time.monotonic()
+        super().data_received(data)
+
+    def check_timeouts(self) -> None:
+        http = getattr(self, "_http", None)
+        began = self.request_began
+        if (http is not None and began is not None and self._task
+                and (http.stage is Stage.REQUEST or http.request_body)
+                and time.monotonic() - began > self.request_timeout):
+            if http.exception is not None:  # told once, and the body is still being drained
+                self.close()
+                return
+            http.exception = RequestTimeout(
+                f"the request did not arrive in full within {self.request_timeout:g} s of "
+                f"its first byte")
+            self._task.cancel("request timeout")
+            # the 408 goes out at once; Sanic would then drain the rest of the body (a byte
+            # a second, maybe): look again shortly and close the connection if it still is
+            self._callback_check_timeouts = self.loop.call_later(_DRAIN_GRACE_S,
+                                                                 self.check_timeouts)
+            return
+        super().check_timeouts()
+
+
+class FrontendSanic(Sanic[Any, Any]):
+    """A Sanic app whose servers use :class:`FrontendProtocol` and a listen backlog of
+    :data:`LISTEN_BACKLOG` unless told otherwise.
+
+    The backlog matters even on a socket listening already: asyncio listens on it again with
+    the server's backlog, Sanic's default 100, and past that a burst of new connections
+    loses handshakes: each costs its client a 1 s SYN retry, and an idle one may be left
+    believing it is connected to nothing."""
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("protocol") is None:
+            kwargs["protocol"] = FrontendProtocol
+        kwargs.setdefault("backlog", LISTEN_BACKLOG)
+        return await super().create_server(*args, **kwargs)
+
+
 def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
     """The Sanic app with the v2 route table in one place."""
     # Sanic's loggers go through the root logger (mark.core.logs), not handlers of their own
-    app: Sanic[Any, Any] = Sanic(name or f"mark_frontend_{next(_app_ids)}",
-                                 configure_logging=False)
-    app.config.REQUEST_MAX_SIZE = front.cfg.frontend.max_body_bytes
+    app: Sanic[Any, Any] = FrontendSanic(name or f"mark_frontend_{next(_app_ids)}",
+                                         configure_logging=False)
+    fcfg = front.cfg.frontend
+    app.config.REQUEST_MAX_SIZE = fcfg.max_body_bytes
     app.config.MOTD = False
     app.config.ACCESS_LOG = False
-    app.config.KEEP_ALIVE_TIMEOUT = 30
+    app.config.REQUEST_TIMEOUT = REQUEST_TIMEOUT_S
+    app.config.KEEP_ALIVE_TIMEOUT = KEEP_ALIVE_TIMEOUT_S
+    # past it Sanic answers 503 itself: never before an inference's own deadline (504)
+    app.config.RESPONSE_TIMEOUT = max(RESPONSE_TIMEOUT_S, fcfg.attempt_timeout_ceiling_s + 10,
+                                      fcfg.upstream_timeout_s + 10)
     # Sanic's touchup rewrites its request path once per process (dropping unused signal
     # dispatch); a second app in the same process (tests) breaks under it, so only the first
     global _touched_up

@@ -80,7 +80,8 @@ async def decode_body(
     measures the output, holding one chunk at a time, and stops with 413 as soon as it passes
     ``limit_bytes``; only a body found within the limit is inflated again and kept. So a bomb
     costs one chunk of memory and ``limit_bytes`` of inflating, and a good body twice its
-    (small) inflating time. Raises ``BadRequest`` for an unknown encoding or corrupt data.
+    (small) inflating time. Raises ``BadRequest`` for an unknown encoding, corrupt data or
+    data after the end of the stream (the body is forwarded as sent, so all of it is checked).
     """
     enc = (encoding or "").strip().lower()
     if not enc or enc == "identity":
@@ -91,7 +92,7 @@ async def decode_body(
         wbits = zlib.MAX_WBITS
     else:
         raise BadRequest(
-            f"Content-Encoding {encoding!r} not accepted; accepted: gzip, deflate, identity"
+            f"Content-Encoding {_show(encoding)} not accepted; accepted: gzip, deflate, identity"
         )
     size = 0
     async for piece in _inflate(body, enc, wbits, limit_bytes, chunk_bytes):
@@ -126,30 +127,58 @@ async def _inflate(
         await asyncio.sleep(0)  # let other requests run between chunks
     if not inflater.eof:
         raise BadRequest(f"body is not valid {enc} data: incomplete or truncated stream")
+    # the body is forwarded as sent, so what was validated must be all of it: data after
+    # the stream's end (a second gzip member, say) would reach the instance unchecked
+    trailing = len(inflater.unused_data) + len(inflater.unconsumed_tail)
+    if trailing:
+        raise BadRequest(f"body is not valid {enc} data: {trailing} bytes after the end of the "
+                         f"{enc} stream (one stream per body)")
+
+
+# longest repr of a client's value quoted back in an error message (characters)
+SHOW_CHARS = 120
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to :data:`SHOW_CHARS`: an error names what was wrong without
+    echoing a megabyte name or shape back (nor building its whole repr first)."""
+    if isinstance(value, str | bytes) and len(value) > SHOW_CHARS:
+        return f"{value[:SHOW_CHARS]!r}... ({len(value)} long)"
+    if isinstance(value, list | dict) and len(value) > 16:
+        kind = type(value).__name__
+        return f"<a {kind} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}..."
 
 
 def _count_json(data: Any, datatype: str, where: str) -> int:
-    """Number of scalars in a (possibly nested) JSON list, checking their JSON type."""
-    stack = [data]
+    """Number of scalars in a (possibly nested) JSON list, checking their JSON type.
+
+    Walks the lists in place with a stack of iterators (as deep as the nesting, which the
+    JSON parser bounds), so counting costs no copy of the elements."""
     n = 0
     want_str = datatype == "BYTES"
     want_bool = datatype == "BOOL"
+    stack = [iter((data,))]
     while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        n += 1
-        ok = (
-            isinstance(item, str)
-            if want_str
-            else isinstance(item, bool)
-            if want_bool
-            else isinstance(item, int | float) and not isinstance(item, bool)
-        )
-        if not ok:
-            kind = "strings" if want_str else "booleans" if want_bool else "numbers"
-            raise BadRequest(f"{where}: data for datatype {datatype} must be {kind}, got {item!r}")
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            n += 1
+            ok = (
+                isinstance(item, str)
+                if want_str
+                else isinstance(item, bool)
+                if want_bool
+                else isinstance(item, int | float) and not isinstance(item, bool)
+            )
+            if not ok:
+                kind = "strings" if want_str else "booleans" if want_bool else "numbers"
+                raise BadRequest(f"{where}: data for datatype {datatype} must be {kind}, "
+                                 f"got {_show(item)}")
+        else:
+            stack.pop()
     return n
 
 
@@ -192,7 +221,7 @@ def parse_infer(
         expected = meta.inputs.get(name) if isinstance(name, str) else None
         if expected is None or not isinstance(name, str):
             raise BadRequest(
-                f"inputs[{i}].name {name!r} is not an input of model {model!r}; "
+                f"inputs[{i}].name {_show(name)} is not an input of model {model!r}; "
                 f"accepted: {sorted(meta.inputs)}"
             )
         if name in seen:
@@ -202,7 +231,7 @@ def parse_infer(
         dtype = tensor.get("datatype")
         if dtype != expected.datatype:
             raise BadRequest(
-                f"{where}: datatype {dtype!r} not accepted; model {model!r} expects "
+                f"{where}: datatype {_show(dtype)} not accepted; model {model!r} expects "
                 f"{expected.datatype}"
             )
         shape = tensor.get("shape")
@@ -210,12 +239,14 @@ def parse_infer(
             not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
-            raise BadRequest(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+            raise BadRequest(
+                f"{where}: shape must be a list of non-negative integers, got {_show(shape)}"
+            )
         if len(shape) != len(expected.shape) or any(
             e != -1 and d != e for d, e in zip(shape, expected.shape, strict=True)
         ):
             raise BadRequest(
-                f"{where}: shape {shape} not accepted; model {model!r} expects "
+                f"{where}: shape {_show(shape)} not accepted; model {model!r} expects "
                 f"{list(expected.shape)} (-1 = any size)"
             )
         count = math.prod(shape)
@@ -269,9 +300,9 @@ def parse_infer(
             raise BadRequest("'outputs' must be a list")
         for j, out in enumerate(outputs):
             oname = out.get("name") if isinstance(out, dict) else None
-            if oname not in meta.outputs:
+            if not isinstance(oname, str) or oname not in meta.outputs:  # a list: unhashable
                 raise BadRequest(
-                    f"outputs[{j}].name {oname!r} is not an output of model {model!r}; "
+                    f"outputs[{j}].name {_show(oname)} is not an output of model {model!r}; "
                     f"accepted: {sorted(meta.outputs)}"
                 )
     return InferInfo(batch_size=batch)

@@ -32,7 +32,7 @@ from botocore.exceptions import ClientError
 from deploy.aws import Clients, evaluate, make_spec, run, teardown
 from deploy.aws import iam as policies
 from mark.cli import main
-from mark.core.config import load_config
+from mark.core.config import MarkConfig, load_config
 
 REGION = "us-east-1"
 TAG = "mark:deployment"
@@ -158,7 +158,8 @@ def inventory(url: str) -> dict[str, Any]:
         for g in asg.describe_auto_scaling_groups()["AutoScalingGroups"]}
     inv["redis"] = {g["ReplicationGroupId"]: (
         _tags(ec.list_tags_for_resource(ResourceName=g["ARN"])["TagList"]), g["CacheNodeType"])
-        for g in ec.describe_replication_groups()["ReplicationGroups"]}
+        for g in ec.describe_replication_groups()["ReplicationGroups"]
+        if g["Status"] != "deleting"}  # on its way out (moto keeps it so for good)
     return inv
 
 
@@ -227,6 +228,19 @@ def test_deploy_creates_everything_tagged_and_a_second_deploy_changes_nothing(
     (rule,) = groups["alpha-instances"]["IpPermissions"]
     assert rule["FromPort"] == 8000 and not rule["IpRanges"]
     assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [groups["alpha-frontend"]["GroupId"]]
+
+    # the host boots the front end and the provisioner on a valid configuration: shared
+    # state in its Redis, the aws backend with these templates, the deployment's functions
+    (host,) = mine["instances"]
+    data = ec2.describe_instance_attribute(InstanceId=host, Attribute="userData")
+    script = base64.b64decode(data["UserData"]["Value"]).decode()
+    raw = script.split("<<'CONFIG'\n", 1)[1].split("\nCONFIG\n", 1)[0]
+    host_cfg = MarkConfig.model_validate_json(raw)
+    assert (host_cfg.state.backend, host_cfg.state.url) == ("redis", "redis://127.0.0.1:6379/0")
+    assert host_cfg.fleet.backend == "aws" and host_cfg.aws.deployment == "alpha"
+    assert host_cfg.aws.launch_templates == {"c5.large": "alpha-c5-large", "m5.large": "alpha-m5-large"}
+    assert host_cfg.faas.function_prefix == "alpha-mark-" and host_cfg.faas.endpoint_url is None
+    assert "mark provisioner" in script and "mark up --frontend-only" in script
 
     second = tmp_path / "second.json"
     assert cli(*deploy_args(moto_url, "alpha", config_file, "--json", str(second))) == 0
@@ -495,7 +509,7 @@ def test_ha_puts_front_ends_behind_a_load_balancer_with_redis_on_elasticache(
 
     removed = teardown(Clients.connect(REGION, moto_url), "eps")
     assert {k for k, _ in removed} >= {"autoscaling-group", "load-balancer", "target-group",
-                                       "redis", "instance", "launch-template", "security-group"}
+                                       "redis", "launch-template", "security-group"}
     after = inventory(moto_url)
     assert tagged(after, "eps") == {}
     assert teardown(Clients.connect(REGION, moto_url), "eps") == []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("mark", "frontend", "predictor", "provisioner")
+PACKAGES = ("mark", "frontend", "predictor", "provisioner", "deploy")
 LINT = Path(sys.executable).with_name("lint-imports")
 
 

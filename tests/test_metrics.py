@@ -224,7 +224,9 @@ def test_every_series_exists_and_moves_with_load(cluster: ClusterThread) -> None
                 and total(s, "mark_requests_total", status="404")
                 > total(before, "mark_requests_total", status="404")
                 and total(s, "mark_arrival_rate_rps", model=MODEL) > 0
-                and not math.isnan(total(s, "mark_latency_window_seconds", model=MODEL)))
+                and not math.isnan(total(s, "mark_latency_window_seconds", model=MODEL))
+                # the ledger's FaaS cost comes from the workers' reports, a second later
+                and total(s, "mark_cost_usd_total", market="faas") > 0)
 
     after = wait_for(url, grown)
 

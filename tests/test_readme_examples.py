@@ -40,7 +40,8 @@ def json_out(example: str, cwd: Path) -> dict:
 
 
 def test_the_readme_has_the_examples() -> None:
-    assert {e.split()[0] for e in EXAMPLES} == {"up", "load", "profile", "forecast", "simulate"}
+    assert {e.split()[0] for e in EXAMPLES} == {"up", "load", "profile", "forecast", "simulate",
+                                              "deploy", "teardown"}
     assert any("--trace twitter-2021-08-week1" in e for e in OFFLINE + LOAD)
     assert not re.search(r"\.\./shared", README)  # nothing outside the repository
 

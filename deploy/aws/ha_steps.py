@@ -14,7 +14,7 @@ from deploy.aws.clients import error_code, tag_dict
 from deploy.aws.engine import Run
 from deploy.aws.iam import TAG_KEY
 from deploy.aws.spec import digest
-from deploy.aws.steps import DIGEST, ROLE_TAG, _user_data, launch_template
+from deploy.aws.steps import DIGEST, ROLE_TAG, launch_template, user_data_b64
 
 HEALTH_PATH = "/v2/health/ready"
 LISTEN_PORT = 80
@@ -132,7 +132,7 @@ def frontends(run: Run, vpc: str, group: str, tg_arn: str, redis_url: str) -> No
     tags = spec.tag_list(Name=name, **{ROLE_TAG: "frontend"})
     data = {"ImageId": spec.ami, "InstanceType": spec.host_type,
             "IamInstanceProfile": {"Name": spec.role("host")}, "SecurityGroupIds": [group],
-            "UserData": _user_data(userdata.host_script(spec, redis_url)),
+            "UserData": user_data_b64(userdata.host_script(spec, redis_url)),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}]}

@@ -191,7 +191,7 @@ def objects(run: Run) -> None:
 
 # -- launch templates, functions, host ---------------------------------------------------------
 
-def _user_data(script: str) -> str:
+def user_data_b64(script: str) -> str:
     return base64.b64encode(script.encode()).decode()
 
 
@@ -238,7 +238,7 @@ def launch_templates(run: Run, instance_sg: str, host_address: str) -> None:
             "ImageId": spec.ami, "InstanceType": itype,
             "IamInstanceProfile": {"Name": spec.role("instance")},
             "SecurityGroupIds": [instance_sg],
-            "UserData": _user_data(userdata.instance_script(spec, itype, host_address)),
+            "UserData": user_data_b64(userdata.instance_script(spec, itype, host_address)),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}],

@@ -9,11 +9,12 @@ nothing and says so."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from deploy.aws.clients import Clients, error_code, tag_dict
+from deploy.aws.clients import Clients, error_code, retry_eventual, tag_dict
 from deploy.aws.iam import TAG_KEY
 from deploy.aws.iam_steps import BUCKET_TAG
 from deploy.aws.spec import ROLE_PATH
@@ -88,16 +89,14 @@ def load_balancers(aws: Clients, name: str, out: Removed) -> None:
 
 
 def redis(aws: Clients, name: str, out: Removed) -> None:
+    """Replication groups; one already ``deleting`` is on its way (not counted again)."""
     ec = aws.elasticache
-    gone = []
     for g in _pages(ec, "describe_replication_groups", "ReplicationGroups"):
+        if g.get("Status") == "deleting":
+            continue
         if _ours(ec.list_tags_for_resource(ResourceName=g["ARN"])["TagList"], name):
             ec.delete_replication_group(ReplicationGroupId=g["ReplicationGroupId"])
-            gone.append(g["ReplicationGroupId"])
             out.append(("redis", g["ReplicationGroupId"]))
-    for rid in gone:  # its security group cannot go before it
-        ec.get_waiter("replication_group_deleted").wait(
-            ReplicationGroupId=rid, WaiterConfig={"Delay": 15, "MaxAttempts": 80})
 
 
 def functions(aws: Clients, name: str, out: Removed) -> None:
@@ -107,7 +106,7 @@ def functions(aws: Clients, name: str, out: Removed) -> None:
             out.append(("function", fn["FunctionName"]))
 
 
-def security_groups(aws: Clients, name: str, out: Removed) -> None:
+def security_groups(aws: Clients, name: str, out: Removed, timeout_s: float = 1200.0) -> None:
     groups = aws.ec2.describe_security_groups(
         Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [name]}])["SecurityGroups"]
     for g in groups:  # they refer to each other: drop the rules first
@@ -115,7 +114,10 @@ def security_groups(aws: Clients, name: str, out: Removed) -> None:
             aws.ec2.revoke_security_group_ingress(GroupId=g["GroupId"],
                                                   IpPermissions=g["IpPermissions"])
     for g in groups:
-        aws.ec2.delete_security_group(GroupId=g["GroupId"])
+        # a group stays in use while a Redis being deleted (minutes) or an instance still
+        # shutting down holds an interface in it
+        retry_eventual(partial(aws.ec2.delete_security_group, GroupId=g["GroupId"]),
+                       ("DependencyViolation", "InvalidGroup.InUse"), timeout_s=timeout_s)
         out.append(("security-group", g["GroupName"]))
 
 

@@ -17,12 +17,15 @@ def split_body(raw: bytes | bytearray, header_length: str | None
     """An infer body's JSON header (an object) and its binary section (the binary tensor
     extension: ``header_length`` = ``Inference-Header-Content-Length``; None: all JSON)."""
     if header_length is not None:
-        try:
-            hlen = int(header_length)
-        except ValueError:
+        # ASCII digits only: int() also takes '+5', '1_0' and other scripts' digits, which
+        # the instance behind (that reads the body as sent) may read otherwise
+        digits = header_length.strip()
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
             raise BadRequest(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-            ) from None
+                f"Inference-Header-Content-Length must be a decimal integer (ASCII digits), "
+                f"got {header_length[:40]!r}"
+            )
+        hlen = int(digits)
         if not 0 < hlen <= len(raw):
             raise BadRequest(
                 f"Inference-Header-Content-Length {hlen} is outside the body "
