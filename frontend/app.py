@@ -418,7 +418,7 @@ class _TimedHttp(Http):
         proto.request_began = time.monotonic() if self.recv_buffer else None
 
 
-class FrontendProtocol(HttpProtocol):  # type: ignore[misc]
+class FrontendProtocol(HttpProtocol):
     """HTTP/1.1 with a deadline on receiving each whole request.
 
     Sanic's REQUEST_TIMEOUT (and RESPONSE_TIMEOUT, which covers reading the body) restart

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def apply_snapshot(front: FrontEnd, snap: dict[str, Any]) -> None:
     """Adopt a published snapshot: its models first (so their instances have a router),
     then its fleet."""
-    if snap.get("models"):  # a snapshot from before models were published has none
+    if "models" in snap:
         front.sync_models(snap["models"])
     front.fleet.apply_snapshot(snap)
 

@@ -1,4 +1,4 @@
-"""Provisioning policies: MArk's greedy provisioner, batching and spill rules, baselines, oracle.
+"""Provisioning policies: MArk's greedy provisioner, batching, spill, baselines, hindsight.
 
 Policies are pure objects over a :class:`Snapshot` (:mod:`provisioner.base`,
 :mod:`provisioner.records`); the live control loop and the simulator

@@ -28,7 +28,7 @@ from provisioner.records import Decision, Snapshot
 class ProvisioningPolicy(Protocol):
     """A provisioning policy. ``interval_s``: how often the control loop calls ``decide``.
 
-    ``instant_launch``: only the oracle sets it; the world then makes launches ready at once.
+    ``instant_launch``: only the hindsight plan sets it; the world then makes launches ready at once.
     A policy may also carry ``price_factor`` (float): the world bills its instances at that
     multiple of the catalogue price (SageMaker's ml.* premium).
     """

@@ -1,14 +1,19 @@
-"""The oracle: a lower bound that knows the whole trace and launches instantly.
+"""The hindsight plan (policy ``hindsight``, alias ``oracle``): a plan that knows the whole
+trace and launches instantly. It is a strong plan, not a bound: the true lower bound on
+cost is :func:`provisioner.bound.lower_bound_usd` (a relaxation with its argument), which
+no plan, this one included, goes below.
 
 Per step of ``step_s`` seconds it picks the cheapest mix of instance types and markets
 (unbounded knapsack over capacities, no spot interruptions) together with the part of the
 step's load left to FaaS: capacity X costs ``fleet_cost(X)`` for the step, and every
 second's requests above X go to FaaS, batched in the manner of BATCH with settings chosen
 for that overflow's rate (a few fixed-point rounds per step). The X that
-minimises the sum is chosen, so the oracle is never dearer than either pure IaaS or pure
+minimises the sum is chosen, so the plan is never dearer than either pure IaaS or pure
 FaaS for that step. Launches are instant (the world honours ``instant_launch``), and a
 fleet kept from step to step meets the 60 s billing minimum by construction (steps >= 60 s).
-``bound_usd`` is the analytic cost of the plan.
+``bound_usd`` is the plan's analytic cost estimate (reported as ``oracle_bound_usd``, a
+name kept for the committed results): a model's estimate of what the plan costs, not a
+bound; the simulator's bill of the plan may lie above or below it.
 
 What the fleet must carry is the trace's moving-mean rate over ``smooth_s`` seconds: with
 1 s every per-second excess is FaaS's; longer windows let instance queues absorb short
@@ -19,7 +24,7 @@ on smooth traces a good online policy can come within a fraction of a percent of
 
 FaaS is a tier here as in the planner (:mod:`provisioner.faas_tier`): a step may have no
 instance at all, and such a step gets the same cold-start cover the planner would give it
-(warm containers or one instance, the cheaper, priced into the bound). The analytic FaaS
+(warm containers or one instance, the cheaper, priced into the estimate). The analytic FaaS
 price (BATCH's model of the buffer) is evaluated per capacity level for the overflow that
 level leaves (a busier stream batches better); ``faas_weight`` < 1 leans on FaaS harder
 when choosing the split (a sensitivity knob, not in the default search). The FaaS
@@ -31,12 +36,12 @@ both hindsight plans are tried).
 ``launch_lead=True`` gives the hindsight plan the same launch delays as every other
 policy: each step's fleet is launched a type's launch delay ahead (billed while it boots),
 so it is what a real cloud could run with perfect foresight; the default launches
-instantly (a lower bound).
+instantly (cheaper than any real cloud allows, still not a bound).
 
 FaaS's limits (``faas_limits=True``, the default) bind the hindsight plan as they bind the
 planner (:mod:`provisioner.headroom`): a step's capacity leaves at most ``UTILISATION`` x
 what FaaS absorbs at a burst onset (concurrency limit, scaling burst) to FaaS at the step's
-peak second, so the bound is not bought with throttling.
+peak second, so the plan's cost is not bought with throttling.
 """
 
 from __future__ import annotations
@@ -90,18 +95,19 @@ class OracleState:
     faas: FaasConfig | None = None
 
 
-@register_policy("oracle")
+@register_policy("oracle")  # the former name, kept as an alias
+@register_policy("hindsight")
 class Oracle:
-    """Hindsight lower bound; see the module docstring.
+    """The hindsight plan; see the module docstring.
 
     ``smooth_s``: the plan covers the trace's ``smooth_s``-second moving-mean rate (1: the
     raw per-second counts; longer: queues absorb sub-window bursts). ``search_space`` lists
-    the variants the simulator tries when asked for ``"oracle"`` without options; it reports
-    the cheapest run that meets the SLO, so the bound is the best of several hindsight plans,
-    not a proof of optimality.
+    the variants the simulator tries when asked for ``"hindsight"`` (or ``"oracle"``) without
+    options; it reports the cheapest run that meets the SLO: the best of several hindsight
+    plans, not a proof of optimality (see :mod:`provisioner.bound` for a bound).
     """
 
-    name = "oracle"
+    name = "hindsight"
     instant_launch = True
     search_space: tuple[dict[str, Any], ...] = (
         {"smooth_s": 1}, {"smooth_s": 10}, {"smooth_s": 60}, {"smooth_s": 300},
@@ -112,9 +118,9 @@ class Oracle:
                  faas_weight: float = 1.0, faas_rate_lag: int = 0,
                  faas_limits: bool = True, launch_lead: bool = False) -> None:
         if ctx.trace_counts is None:
-            raise ConfigError("the oracle needs the trace (PolicyContext.trace_counts)")
+            raise ConfigError("the hindsight plan needs the trace (PolicyContext.trace_counts)")
         if step_s < 60:
-            raise ConfigError(f"oracle step_s must be >= 60 (billing minimum), got {step_s}")
+            raise ConfigError(f"hindsight step_s must be >= 60 (billing minimum), got {step_s}")
         self.ctx = ctx
         self.interval_s = float(step_s)
         # launch_lead: the same launch delays as any policy, each step's fleet launched a

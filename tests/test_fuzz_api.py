@@ -21,10 +21,15 @@ after each operation (no crash). Failures are collected, not shrunk, and reporte
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +51,7 @@ from mark.core.config import (
 )
 
 pytestmark = pytest.mark.triton
+REPO = Path(__file__).resolve().parents[1]
 
 TOKEN = "fuzz-admin-token-0123456789"
 CASE_TIMEOUT_S = 15.0  # a reply later than this is a hang (deadlines are 2-30 s)
@@ -163,9 +169,35 @@ def _strategy(op: Any, model: str) -> st.SearchStrategy[Any]:
         for extra in ({}, pinned) if pinned else ({},):
             try:
                 strategies.append(op.as_strategy(mode, **extra))
-            except Exception:  # noqa: BLE001 - nothing to break here: no broken cases
+            except Exception:  # nothing to break here: no broken cases of it
                 continue
     return st.one_of(strategies)
+
+
+def _fuzz_operation(op: Any, strategy: st.SearchStrategy[Any], url: str,
+                    headers: dict[str, str], examples: int, auth: str, tally: Tally) -> None:
+    label = f"{op.method.upper()} {op.path}"
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def send(case: Any) -> None:
+        case_headers = {k: v for k, v in (case.headers or {}).items()
+                        if k.lower() != "authorization"}
+        case.headers = {**case_headers, **headers}
+        tally.cases += 1
+        tally.by_operation[label] += 1
+        try:
+            resp = case.call(base_url=url, timeout=CASE_TIMEOUT_S)
+        except requests.Timeout:
+            tally.fail(_describe(case, None, f"no reply within {CASE_TIMEOUT_S} s"))
+            return
+        except requests.ConnectionError as exc:
+            tally.fail(_describe(case, None, f"connection failed ({exc})"))
+            return
+        _check(case, resp, auth, tally)
+
+    send()
 
 
 def fuzz(url: str, tally: Tally, examples: int, auth: str, model: str,
@@ -179,27 +211,7 @@ def fuzz(url: str, tally: Tally, examples: int, auth: str, model: str,
         op = result.ok()
         if not only(op):
             continue
-
-        @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-        @given(case=_strategy(op, model))
-        def send(case: Any) -> None:
-            case_headers = {k: v for k, v in (case.headers or {}).items()
-                            if k.lower() != "authorization"}
-            case.headers = {**case_headers, **headers}
-            tally.cases += 1
-            tally.by_operation[f"{op.method.upper()} {op.path}"] += 1
-            try:
-                resp = case.call(base_url=url, timeout=CASE_TIMEOUT_S)
-            except requests.Timeout:
-                tally.fail(_describe(case, None, f"no reply within {CASE_TIMEOUT_S} s"))
-                return
-            except requests.ConnectionError as exc:
-                tally.fail(_describe(case, None, f"connection failed ({exc})"))
-                return
-            _check(case, resp, auth, tally)
-
-        send()
+        _fuzz_operation(op, _strategy(op, model), url, headers, examples, auth, tally)
         if not _alive(url):
             tally.fail(f"no health check reply after {op.method.upper()} {op.path} ({auth})")
             return
@@ -232,6 +244,37 @@ def test_inference_cluster_survives_fuzzing(inference_cluster: ClusterThread) ->
     assert tally.statuses[200] > 0 and tally.statuses[400] > 0
 
 
+def _hostile_bodies() -> list[tuple[str, bytes, dict[str, str], str]]:
+    """(what, body, headers, words the 400 must contain): what the parser's property tests
+    (test_fuzz_protocol.py) found, sent end to end."""
+    ok = {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": list(range(16))}
+    good = json.dumps({"inputs": [ok]}).encode()
+    gz = {"content-encoding": "gzip", "content-type": "application/json"}
+    return [
+        ("an output named by a list (was 500: unhashable)",
+         json.dumps({"inputs": [ok], "outputs": [{"name": ["OUTPUT0"]}]}).encode(), {},
+         "is not an output"),
+        ("a second gzip member after the first (was forwarded unchecked)",
+         gzip.compress(good) + gzip.compress(b"x" * 100_000), gz, "after the end of the gzip"),
+        ("a header length with a sign (was read as 12)", good,
+         {"inference-header-content-length": "+12"}, "ASCII digits"),
+        ("a header length with an underscore (was read as 10)", good,
+         {"inference-header-content-length": "1_0"}, "ASCII digits"),
+        ("a 500 KB input name (was echoed whole)",
+         json.dumps({"inputs": [{**ok, "name": "n" * 500_000}]}).encode(), {}, "long)"),
+    ]
+
+
+def test_what_the_parser_fuzzing_found_is_400_end_to_end(
+        inference_cluster: ClusterThread) -> None:
+    for what, body, headers, words in _hostile_bodies():
+        r = requests.post(inference_cluster.url + "/v2/models/identity/infer", data=body,
+                          headers=headers, timeout=10)
+        assert r.status_code == 400, (what, r.status_code, r.text[:300])
+        error = r.json()["error"]
+        assert words in error and len(error) < 1000, (what, error[:300])
+
+
 def test_control_cluster_admin_routes_survive_fuzzing(control_cluster: ClusterThread) -> None:
     url = control_cluster.url
     tally = TALLIES.setdefault("control", Tally())
@@ -255,8 +298,10 @@ _floats = st.one_of(st.floats(allow_nan=False, allow_infinity=False),
                     st.sampled_from([0, -1, 1e-9, 1e308, 500, 99.9]))
 _fields = {
     "kind": st.sampled_from(["minilm", "profiled", "identity", "bogus", ""]),
-    "profile": st.one_of(st.none(), st.sampled_from(["inception-v3", "minilm", "nope",
-                                                     "../../etc/passwd", "/dev/zero", ""])),
+    # paths on the server too ("/dev/zero" once read until memory ran out: see
+    # test_profile_paths_are_read_bounded, which tries it in a process with a memory cap)
+    "profile": st.one_of(st.none(), st.sampled_from(["inception-v3", "minilm", "nope", "",
+                                                     "../../etc/passwd", "/etc", "/proc/self/mem"])),
     "slo_latency_ms": _floats,
     "slo_percentile": _floats,
     "capacity_rps": _floats,
@@ -310,7 +355,7 @@ def test_control_cluster_registers_updates_and_deletes_fuzzed_models(
         if r is None:
             return
         tally.statuses[r.status_code] += 1
-        ok = r.status_code in (200, 201, 202, 400, 404, 409)
+        ok = r.status_code in (200, 201, 202, 400, 404, 405, 409)  # 405: PUT /admin/models/
         if ok and r.status_code >= 400:
             try:
                 doc = r.json()
@@ -339,6 +384,36 @@ def test_control_cluster_registers_updates_and_deletes_fuzzed_models(
     for path in ("/admin/models", "/admin/fleet", "/admin/cost", "/admin/decisions"):
         r = requests.get(url + path, headers=auth, timeout=10)
         assert r.status_code == 200, (path, r.text)
+
+
+def test_profile_paths_are_read_bounded(control_cluster: ClusterThread, tmp_path: Path) -> None:
+    """Found by the fuzzing above: a registration naming ``/dev/zero`` as its profile was
+    read until the front end's memory ran out (a MemoryError, 500, or the OOM killer). A
+    profile is now a regular file of bounded size: a device, a directory or a FIFO is a 400
+    that says so. The loader is tried in a process with a 2 GiB memory cap first, so a
+    regression fails this test rather than the machine."""
+    fifo = tmp_path / "profile.fifo"
+    os.mkfifo(fifo)
+    probe = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from mark.core.errors import ConfigError\n"
+        "from mark.core.profiles import load_profile\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_profile(path)\n"
+        "    except ConfigError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, "/dev/zero", "/etc", str(fifo)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("is not a regular file") == 3, out.stdout
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    for path in ("/dev/zero", "/etc", str(fifo)):
+        r = requests.post(control_cluster.url + "/admin/models", headers=auth, timeout=30,
+                          json={"name": "zero", "kind": "profiled", "profile": path})
+        assert r.status_code == 400 and "is not a regular file" in r.json()["error"], r.text
 
 
 def test_at_least_a_thousand_cases_in_all() -> None:

@@ -29,10 +29,19 @@ def _inst(iid: str, state: InstanceState = InstanceState.READY) -> Instance:
                     models=("m",))
 
 
+MODEL_M = ModelConfig(name="m", kind="identity")
+
+
+def control_fleet() -> Fleet:
+    """The control plane's fleet, publishing model ``m`` as the cluster does."""
+    fleet = Fleet(["m"])
+    fleet.model_docs["m"] = MODEL_M.model_dump(mode="json")
+    return fleet
+
+
 def front_of(fleet: Fleet) -> FrontEnd:
     """A worker's front end around ``fleet`` (what ``follow`` applies snapshots to)."""
-    cfg = MarkConfig(models=[ModelConfig(name="m", kind="identity")])
-    return FrontEnd(cfg, fleet, Upstream())
+    return FrontEnd(MarkConfig(models=[MODEL_M]), fleet, Upstream())
 
 
 def test_auto_worker_count_leaves_instances_their_cores() -> None:
@@ -43,7 +52,7 @@ def test_auto_worker_count_leaves_instances_their_cores() -> None:
 
 
 async def test_worker_follows_snapshot_file(tmp_path: Path) -> None:
-    control, worker = Fleet(["m"]), Fleet(["m"])
+    control, worker = control_fleet(), Fleet(["m"])
     path = tmp_path / "fleet.json"
     control.upsert(_inst("a"))
     control.write_snapshot(path)
@@ -66,7 +75,7 @@ async def test_worker_follows_snapshot_file(tmp_path: Path) -> None:
 
 
 async def test_two_rewrites_within_one_mtime_tick_are_both_seen(tmp_path: Path) -> None:
-    control, worker = Fleet(["m"]), Fleet(["m"])
+    control, worker = control_fleet(), Fleet(["m"])
     path = tmp_path / "fleet.json"
     control.upsert(_inst("a"))
     assert control.write_snapshot(path) == 1
@@ -89,7 +98,7 @@ async def test_two_rewrites_within_one_mtime_tick_are_both_seen(tmp_path: Path) 
 
 
 def test_leaving_instances_are_reported_once(tmp_path: Path) -> None:
-    control, worker = Fleet(["m"]), Fleet(["m"])
+    control, worker = control_fleet(), Fleet(["m"])
     left: list[str] = []
     worker.on_leave.append(lambda inst: left.append(inst.id))
     control.upsert(_inst("a"))
@@ -146,3 +155,23 @@ def test_routing_follows_the_instance_states() -> None:
     assert sorted(i.id for i in fleet.ready("m")) == ["notice", "ready"]
     picks = {fleet.pick("m", 1, []).id for _ in range(20)}  # type: ignore[union-attr]
     assert picks == {"notice", "ready"}
+
+
+async def test_worker_follows_registered_models(tmp_path: Path) -> None:
+    """Models registered and deleted (the last one too) reach a worker with the snapshot."""
+    control, worker = control_fleet(), Fleet(["m"])
+    front = front_of(worker)
+    path = tmp_path / "fleet.json"
+    extra = ModelConfig(name="n", kind="identity", slo_latency_ms=250)
+    control.model_docs["n"] = extra.model_dump(mode="json")
+    control.write_snapshot(path)
+    task = asyncio.create_task(follow(front, path, period_s=0.01))
+    try:
+        await asyncio.sleep(0.05)
+        assert sorted(front.models) == ["m", "n"] and front.models["n"].slo_latency_ms == 250
+        control.model_docs.clear()
+        control.write_snapshot(path)
+        await asyncio.sleep(0.05)
+        assert front.models == {} and worker.models == []
+    finally:
+        task.cancel()

@@ -12,7 +12,7 @@ not a fork of the policy:
 - with FaaS off (``faas.enabled: false``) the live service cannot spill, so policies that
   take a ``spill`` option get ``spill=False`` (FaaS unavailable) and FaaS-only policies
   (``lambda``, ``batch``) are refused with the reason; policies that need the future
-  (``oracle``) are refused always.
+  (``hindsight``, alias ``oracle``) are refused always.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from provisioner.serving import default_serving_plan
 TRITON_START_S = 3.0
 #: Backends that emulate the cloud's boot on this machine.
 EMULATING_BACKENDS = frozenset({"local", "fake"})
-_FUTURE = frozenset({"oracle"})
+_FUTURE = frozenset({"hindsight", "oracle"})
 
 
 def planning_catalogue(cfg: MarkConfig, catalogue: Catalogue | None = None) -> Catalogue:

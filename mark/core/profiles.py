@@ -11,13 +11,20 @@ File format (JSON; ``mark profile --json F`` writes the same shape)::
         ...
       },
       "lambda": {"memory_mb": 3008, "batch_ms": {"1": 30.0, ...}, "max_batch": 32,
-                 "parallel_fraction": 0.85}
+                 "parallel_fraction": 0.85},
+      "service_cv": 0.1
     }
 
 ``batch_ms`` maps batch sizes to the time one batch of that size occupies the instance
 (compute only, no queueing). Sizes in between are interpolated linearly; sizes above the
 largest listed are refused. ``lambda`` is optional; its times are measured at ``memory_mb``
 and scaled to other memory sizes with :func:`amdahl_speedup` of the vCPU share.
+
+``service_cv`` (optional): the spread of a batch's actual service time around ``batch_ms``
+(coefficient of variation; the simulator draws a lognormal of mean 1 with it). Profiles
+without it, the shipped ones included, get :data:`DEFAULT_SERVICE_CV` (0.1: Triton's
+compute time of one batch size on a CPU host typically varies by 5-15% run to run); 0
+makes service times exactly the profiled means.
 
 Shipped profiles live in ``mark/core/data/profiles/``; :func:`load_profile` accepts a path or a
 shipped name (``minilm``, ``inception-v3``, ...).
@@ -27,6 +34,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +47,8 @@ from mark.core.catalogue import lambda_vcpu
 from mark.core.errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "data" / "profiles"
+#: spread (coefficient of variation) of actual service times for a profile that gives none
+DEFAULT_SERVICE_CV = 0.1
 
 
 def amdahl_speedup(vcpu: float, parallel_fraction: float) -> float:
@@ -96,6 +107,7 @@ class Profile:
     lambda_: LambdaProfile | None = None
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    service_cv: float = DEFAULT_SERVICE_CV  # spread of actual service times (see above)
 
     @property
     def types(self) -> list[str]:
@@ -132,6 +144,7 @@ class Profile:
             lam["memory_mb"] = self.lambda_.memory_mb
             lam["parallel_fraction"] = self.lambda_.parallel_fraction
             out["lambda"] = lam
+        out["service_cv"] = self.service_cv
         return out
 
 
@@ -172,7 +185,11 @@ def parse_profile(raw: Any) -> Profile:
         ld = raw["lambda"]
         lam = LambdaProfile(float(ld.get("memory_mb", 3008)), _type_profile(ld, "lambda"),
                             float(ld.get("parallel_fraction", 0.85)))
-    return Profile(str(raw["model"]), instances, lam, str(raw.get("source", "")))
+    cv = raw.get("service_cv", DEFAULT_SERVICE_CV)
+    if not isinstance(cv, int | float) or isinstance(cv, bool) or not 0 <= cv <= 10:
+        raise ConfigError(f"profile: service_cv must be a number in 0..10, got {cv!r}")
+    return Profile(str(raw["model"]), instances, lam, str(raw.get("source", "")),
+                   service_cv=float(cv))
 
 
 def profile_from_measurements(
@@ -210,11 +227,32 @@ def _load_shipped(name: str) -> Profile:
     return _load(PROFILE_DIR / f"{name}.json")
 
 
+# the largest profile file read (bytes); shipped ones are a few KB
+MAX_PROFILE_BYTES = 16 * 1024 * 1024
+
+
 def _load(p: Path) -> Profile:
+    """Parse the profile file ``p``: a regular file of at most :data:`MAX_PROFILE_BYTES`
+    (a name reaches here from the admin API too: ``/dev/zero`` must not be read for ever,
+    nor a FIFO block the loop at open)."""
     try:
-        raw = json.loads(p.read_text())
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"profile file not found: {p}") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise ConfigError(f"profile {p} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"profile {p} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_PROFILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"profile {p} cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ConfigError(f"profile {p} is larger than {MAX_PROFILE_BYTES} bytes")
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"profile {p} is not valid JSON: {exc}") from exc
     return parse_profile(raw)

@@ -20,6 +20,15 @@ dispatch join it. Its members all finish at ``dispatch + service[batch size]``.
 Spill test: a request whose predicted completion (server backlog, batch in flight, the
 batch it would join, profile) exceeds its instance's wait budget, or would push the oldest
 member of that batch past the budget, goes to FaaS instead.
+
+Service times vary (``sigma`` > 0): a batch's actual service time is its profiled mean times
+a lognormal factor of mean 1 (log-sd ``sigma``), drawn from a hash of ``(seed, batch id)``
+(deterministic, no RNG state). The spill test predicts as the live front end does
+(:mod:`frontend.spill`): with the profiled means and what it can know, a busy-until
+(``PBUSY``) advanced by the mean service time of each batch dispatched, set to the actual
+end once the instance has nothing in flight (idle) and kept at least "now" while something
+is. So a kept request can miss the SLO when its batch, or one ahead of it, runs long. With
+``sigma`` = 0 the prediction is exact and a kept request never misses the budget.
 """
 
 from __future__ import annotations
@@ -30,18 +39,43 @@ from numba import njit
 # state columns of the per-instance float array
 BUSY = 0  # time the server finishes everything dispatched so far
 A0 = 1  # arrival of the oldest request in the open batch
-N_FSTATE = 2
+PBUSY = 2  # BUSY as the front end predicts it (profiled means; see the module docstring)
+N_FSTATE = 3
 # int state columns
 CNT = 0  # requests in the open batch (0: none)
 BID = 1  # global id of the open batch
 N_ISTATE = 2
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _mix(x: np.uint64) -> np.uint64:
+    """splitmix64's finaliser."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def service_factor(sigma: float, seed: int, bid: int) -> float:
+    """Lognormal factor of mean 1 and log-sd ``sigma`` for batch ``bid`` (1.0 at sigma 0):
+    Box-Muller over two splitmix64 hashes of ``(seed, bid)``."""
+    if sigma == 0.0:
+        return 1.0
+    g = np.uint64(0x9E3779B97F4A7C15)
+    x = np.uint64(seed) * g + np.uint64(bid) * np.uint64(2) + g
+    h1 = _mix(x)
+    h2 = _mix(x + g)
+    u1 = (float(h1 >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+    u2 = float(h2 >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return float(np.exp(sigma * z - 0.5 * sigma * sigma))
+
+
 @njit(cache=True, nogil=True)
 def serve_segment(
     arr: np.ndarray,  # float64 arrival times of this segment, sorted
     assign: np.ndarray,  # int32 instance slot per request (-1: no instance, spill)
-    svc: np.ndarray,  # float64 [slots, max_batch+1] service seconds by batch size
+    svc: np.ndarray,  # float64 [slots, max_batch+1] profiled (mean) service seconds by size
     max_batch: np.ndarray,  # int32 [slots]
     delay: np.ndarray,  # float64 [slots] max queue delay, seconds
     budget: np.ndarray,  # float64 [slots] wait budget (predicted latency bound), seconds
@@ -52,6 +86,8 @@ def serve_segment(
     next_bid: int,  # next free global batch id
     out_bid: np.ndarray,  # int64 per request: batch id, or -1 when spilled
     busy_acc: np.ndarray,  # float64 [slots] busy seconds accumulated (utilisation)
+    sigma: float = 0.0,  # log-sd of the actual service time around the profiled mean
+    seed: int = 0,  # of the service-time factors
 ) -> int:
     n = arr.shape[0]
     for i in range(n):
@@ -61,6 +97,7 @@ def serve_segment(
             out_bid[i] = -1
             continue
         busy = fstate[k, BUSY]
+        pbusy = fstate[k, PBUSY]
         cnt = istate[k, CNT]
         mb = max_batch[k]
         d = delay[k]
@@ -69,17 +106,22 @@ def serve_segment(
             disp = max(busy, fstate[k, A0] + d)
             if t >= disp:
                 bid = istate[k, BID]
-                s = svc[k, cnt]
+                s = svc[k, cnt] * service_factor(sigma, seed, bid)
                 batch_done[bid] = disp + s
                 batch_size[bid] = cnt
                 busy_acc[k] += s
                 busy = disp + s
                 fstate[k, BUSY] = busy
+                pbusy = max(pbusy, fstate[k, A0] + d) + svc[k, cnt]
                 cnt = 0
                 istate[k, CNT] = 0
+        # what the front end knows: idle (nothing in flight) since the actual end, else
+        # busy at least until now
+        pbusy = busy if cnt == 0 and busy <= t else max(pbusy, t)
+        fstate[k, PBUSY] = pbusy
         if cnt > 0:
             a0 = fstate[k, A0]
-            done = max(busy, t) + svc[k, cnt + 1] if cnt + 1 == mb else max(busy, a0 + d) + svc[k, cnt + 1]
+            done = (max(pbusy, t) if cnt + 1 == mb else max(pbusy, a0 + d)) + svc[k, cnt + 1]
             if done - a0 > budget[k]:
                 out_bid[i] = -1
                 continue
@@ -88,18 +130,19 @@ def serve_segment(
             cnt += 1
             if cnt == mb:
                 disp = max(busy, t)
-                s = svc[k, cnt]
+                s = svc[k, cnt] * service_factor(sigma, seed, bid)
                 batch_done[bid] = disp + s
                 batch_size[bid] = cnt
                 busy_acc[k] += s
                 fstate[k, BUSY] = disp + s
+                fstate[k, PBUSY] = max(pbusy, t) + svc[k, cnt]
                 istate[k, CNT] = 0
             else:
                 istate[k, CNT] = cnt
         else:
-            done = max(busy, t + d) + svc[k, 1]
+            done = max(pbusy, t + d) + svc[k, 1]
             if mb == 1:
-                done = max(busy, t) + svc[k, 1]
+                done = max(pbusy, t) + svc[k, 1]
             if done - t > budget[k]:
                 out_bid[i] = -1
                 continue
@@ -108,11 +151,12 @@ def serve_segment(
             out_bid[i] = bid
             if mb == 1:
                 disp = max(busy, t)
-                s = svc[k, 1]
+                s = svc[k, 1] * service_factor(sigma, seed, bid)
                 batch_done[bid] = disp + s
                 batch_size[bid] = 1
                 busy_acc[k] += s
                 fstate[k, BUSY] = disp + s
+                fstate[k, PBUSY] = max(pbusy, t) + svc[k, 1]
             else:
                 fstate[k, A0] = t
                 istate[k, CNT] = 1
@@ -130,16 +174,19 @@ def flush_instance(
     batch_done: np.ndarray,
     batch_size: np.ndarray,
     busy_acc: np.ndarray,
+    sigma: float = 0.0,
+    seed: int = 0,
 ) -> float:
     """Dispatch instance ``k``'s open batch (it receives nothing more); returns busy-until."""
     cnt = istate[k, CNT]
     if cnt > 0:
         disp = max(fstate[k, BUSY], fstate[k, A0] + delay[k])
-        s = svc[k, cnt]
         bid = istate[k, BID]
+        s = svc[k, cnt] * service_factor(sigma, seed, bid)
         batch_done[bid] = disp + s
         batch_size[bid] = cnt
         busy_acc[k] += s
+        fstate[k, PBUSY] = max(fstate[k, PBUSY], fstate[k, A0] + delay[k]) + svc[k, cnt]
         fstate[k, BUSY] = disp + s
         istate[k, CNT] = 0
     return fstate[k, BUSY]

@@ -4,7 +4,10 @@
 
     {"policy", "requests", "slo_attainment", "latency_ms": {"p50", "p98", "p99"},
      "cost_usd": {"total", "on_demand", "spot", "faas"}, "cost_per_million_usd",
-     "spill_share", "wall_seconds", ...extra counters}
+     "spill_share", "wall_seconds", "lower_bound_usd", ...extra counters}
+
+``lower_bound_usd`` is :func:`provisioner.bound.lower_bound_usd` of the counts simulated (the
+least any plan meeting the SLO can cost; null where nothing serves within the bound).
 
 Requests that found no instance under a policy without spill count as failed: infinite
 latency, never within the SLO.
@@ -24,6 +27,7 @@ from mark.core.billing import instance_cost_usd
 from mark.core.errors import ConfigError
 from mark.core.instances import Market
 from mark.sim.world import World
+from provisioner.bound import lower_bound_usd
 from provisioner.faas_tier import COVERS, REASONS
 
 #: An instance the policy ends within this long of its launch is churn: it paid its boot and
@@ -178,9 +182,13 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     tier = faas_tier_summary(world)
     if tier:
         extra["faas_tier"] = tier
-    bound = getattr(world.policy, "bound_usd", None)
-    if bound is not None and math.isfinite(bound):
-        extra["oracle_bound_usd"] = round(float(bound), 6)
+    ctx = world.ctx
+    lb = lower_bound_usd(world.counts, ctx.catalogue, ctx.profile, slo, spot=ctx.spot,
+                         types=ctx.types)
+    extra["lower_bound_usd"] = math.floor(lb * 1e6) / 1e6 if math.isfinite(lb) else None
+    est = getattr(world.policy, "bound_usd", None)  # the hindsight plan's own estimate
+    if est is not None and math.isfinite(est):
+        extra["oracle_bound_usd"] = round(float(est), 6)
     tl: dict[str, np.ndarray] = {}
     if timeline:
         tl = _timeline(world, lat, spilled)

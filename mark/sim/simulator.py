@@ -9,7 +9,8 @@ that arrived since the previous one are routed by :class:`frontend.routing.Weigh
 :func:`mark.core.queueing.serve_segment` (Triton dynamic batching, spill test). Spilled
 requests are served at the end by :func:`mark.core.queueing.serve_faas` (buffer, cold starts,
 concurrency limit, per-ms billing), which is exact because FaaS does not feed back into the
-fleet. Billing follows :mod:`mark.core.billing`.
+fleet. Billing follows :mod:`mark.core.billing`. Instance service times vary around the
+profile's means (its ``service_cv``) while spill predicts with the means, as live.
 
 The service is assumed running at t=0: the policy's first decision sees the trace's first
 ``PREROLL_S`` seconds as its past (a pre-roll) and what it launches is ready at once.
@@ -53,6 +54,7 @@ def simulate(
     timeline: bool = True,
     name: str | None = None,
     history: Any = None,
+    service_cv: float | None = None,
 ) -> SimResult:
     """Run ``policy`` over per-second ``counts`` (an array, or a Trace with ``.counts``).
 
@@ -60,11 +62,14 @@ def simulate(
     registered in :mod:`provisioner` or a policy object (then ``policy_kw`` is ignored).
     ``spot_interruption_scale`` multiplies the catalogue's interruption rates (stress tests).
     ``ml_premium``: a policy with ``price_factor`` (SageMaker) is billed at ml.* prices.
-    A policy named without ``policy_kw`` whose class has a ``search_space`` (the oracle) is
+    A policy named without ``policy_kw`` whose class has a ``search_space`` (hindsight) is
     run once per variant and the cheapest run meeting the SLO is returned.
     ``history``: per-second counts before the trace (scaled alike), the policy's past at its
     first decision and after (a planner that has been running); None: the trace's first
     ``PREROLL_S`` seconds are its past at t=0 (a pre-roll).
+    ``service_cv``: spread of actual instance service times around the profiled means (a
+    lognormal per batch; None: the profile's ``service_cv``, 0: exactly the means). Spill
+    predicts with the means, as the front end does, so a kept request can miss the SLO.
     """
     if isinstance(policy, str) and not policy_kw:
         space = getattr(POLICIES.get(policy), "search_space", ())
@@ -75,6 +80,7 @@ def simulate(
                 "scale": scale, "seed": seed, "ml_premium": ml_premium, "types": types,
                 "spot_interruption_scale": spot_interruption_scale, "progress": progress,
                 "timeline": timeline, "name": name, "history": history,
+                "service_cv": service_cv,
             }
             runs = [(v, simulate(counts, policy, policy_kw=dict(v), **kw)) for v in space]
             target = (slo or Slo()).percentile / 100.0
@@ -93,8 +99,11 @@ def simulate(
     factor = float(getattr(pol, "price_factor", 1.0)) if ml_premium else 1.0
     arr = spread_arrivals(c, seed)
     hist = None if history is None else _counts(history, scale, seed + 13)
+    cv = prof.service_cv if service_cv is None else float(service_cv)
+    if not 0 <= cv <= 10:
+        raise ConfigError(f"service_cv must be in 0..10, got {cv}")
     world = World(c, arr, pol, ctx, spot_interruption_scale=spot_interruption_scale, seed=seed,
-                  billing_factor=factor, history=hist)
+                  billing_factor=factor, history=hist, service_cv=cv)
     world.env.schedule(0.0, world.tick, PRIO_CONTROL)
     end = float(c.size)
     bar = _bar(progress, end)

@@ -57,7 +57,8 @@ class World:
 
     def __init__(self, counts: np.ndarray, arr: np.ndarray, policy: ProvisioningPolicy,
                  ctx: PolicyContext, *, spot_interruption_scale: float, seed: int,
-                 billing_factor: float, history: np.ndarray | None = None) -> None:
+                 billing_factor: float, history: np.ndarray | None = None,
+                 service_cv: float = 0.0) -> None:
         self.counts = counts
         # what the policy sees as its past before t=0 (none: the trace's first PREROLL_S s)
         self.history = None if history is None else np.asarray(history, dtype=np.int64)
@@ -71,6 +72,9 @@ class World:
         self.rng = np.random.default_rng(seed + 1)
         self.spot_scale = spot_interruption_scale
         self.billing_factor = billing_factor
+        # actual service time = profiled mean x lognormal(mean 1, this log-sd) per batch
+        self.sigma = math.sqrt(math.log1p(service_cv * service_cv))
+        self.seed = seed
         n = arr.size
         self.out_bid = np.full(n, -1, dtype=np.int64)
         self.failed = np.zeros(n, dtype=np.bool_)
@@ -159,7 +163,7 @@ class World:
         self.next_bid = queueing.serve_segment(
             self.arr[i0:i1], assign, self.svc, self.mb, self.delay, self.budget, self.fstate,
             self.istate, self.batch_done, self.batch_size, self.next_bid, self.out_bid[i0:i1],
-            self.busy,
+            self.busy, self.sigma, self.seed,
         )
         self.cursor = i1
 
@@ -287,7 +291,7 @@ class World:
         self.advance(self.env.now)
         busy_until = queueing.flush_instance(inst.slot, self.svc, self.delay, self.fstate,
                                             self.istate, self.batch_done, self.batch_size,
-                                            self.busy)
+                                            self.busy, self.sigma, self.seed)
         was_serving = inst.serving
         inst.state = InstanceState.TERMINATED
         self._serving.get(inst.instance_type, set()).discard(inst.slot)
