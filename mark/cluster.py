@@ -78,7 +78,7 @@ ROLES = ("all", "provisioner", "frontend")
 
 class LocalCluster:
     """``warm_start``: per model, arrival counts the control loop's first step sees as its
-    past (a replay's pre-roll, as the simulator's); that step's launches are then the starting
+    past (a replay's warm-up, as the simulator's ``history``); that step's launches are then the starting
     fleet instead of ``fleet.instances``. ``defer_loop``: the loop does not step on its own
     until ``control.begin()`` (a replay starts it with its trace)."""
 

@@ -37,6 +37,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the trace's counts")
     p.add_argument("--start-s", type=int, default=0, help="simulate from this second")
     p.add_argument("--duration-s", type=int, default=None, help="simulate this many seconds")
+    p.add_argument("--warmup-s", type=int, default=3600,
+                   help="seconds of the trace before --start-s the policy sees as its past "
+                   "(a separate warm-up slice, not simulated; at the trace's start there is "
+                   "none: the policy starts with no past)")
+    p.add_argument("--service-cv", type=float, default=None,
+                   help="spread of instance service times around the profile's means "
+                   "(coefficient of variation; default: the profile's service_cv)")
     p.add_argument("--profile", default="minilm",
                    help="model profile: a shipped name or a JSON file")
     p.add_argument("--catalogue", default=None, help="catalogue JSON (default: shipped)")
@@ -110,6 +117,14 @@ def run(args: argparse.Namespace) -> int:
     if args.scale <= 0:
         raise ConfigError(f"--scale must be > 0, got {args.scale}")
     trace = load_trace(args.trace)
+    if args.warmup_s < 0:
+        raise ConfigError(f"--warmup-s must be >= 0, got {args.warmup_s}")
+    history = None
+    if args.start_s > 0 and args.warmup_s > 0:  # the policy's past: the trace before the start
+        try:
+            history = trace.slice(max(0, args.start_s - args.warmup_s), args.start_s)
+        except ValueError as exc:
+            raise ConfigError(f"--start-s/--warmup-s: {exc}") from exc
     end = None if args.duration_s is None else args.start_s + args.duration_s
     if args.start_s or end is not None:
         try:
@@ -132,12 +147,15 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         timeline=args.plot is not None,
         policy_kw=policy_kw or None,
+        history=history,
+        service_cv=args.service_cv,
     )
     doc = res.to_json()
     if forecaster is not None:
         doc["forecaster"] = forecaster
     doc["trace"] = {"file": str(args.trace), "scale": args.scale,
-                    "seconds": int(trace.duration_s)}
+                    "seconds": int(trace.duration_s),
+                    "warmup_s": 0 if history is None else int(history.duration_s)}
     lat = doc["latency_ms"]
     label = res.policy + (f" [{forecaster['name']}]" if forecaster else "")
     print(
@@ -146,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         f"p50/p98/p99 {lat['p50']}/{lat['p98']}/{lat['p99']} ms, "
         f"cost ${res.cost_usd['total']:.4f} (on-demand {res.cost_usd['on_demand']:.4f}, "
         f"spot {res.cost_usd['spot']:.4f}, faas {res.cost_usd['faas']:.4f}), "
-        f"${res.cost_per_million_usd:.4f}/M, spill {res.spill_share:.2%}, "
+        f"${res.cost_per_million_usd:.4f}/M (lower bound "
+        f"{'-' if doc['lower_bound_usd'] is None else format(doc['lower_bound_usd'], '.4f')}), "
+        f"spill {res.spill_share:.2%}, "
         f"{res.wall_seconds:.1f} s wall"
     )
     if args.json_path:

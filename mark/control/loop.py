@@ -32,7 +32,7 @@ Around the policy, the loop owns what only a live world has:
   to FaaS, a plan of zero instances would answer every request with 503.
 
 The clock is injected: ``VirtualClock`` with the fake backend in tests, the wall clock
-live. ``warm_start`` gives the first step a past (a pre-roll, as the simulator's); the
+live. ``warm_start`` gives the first step a past (a warm-up slice, as the simulator's ``history``); the
 launches of that step are the starting fleet, taken as already running (ready at once).
 """
 

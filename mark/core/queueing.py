@@ -21,14 +21,20 @@ Spill test: a request whose predicted completion (server backlog, batch in fligh
 batch it would join, profile) exceeds its instance's wait budget, or would push the oldest
 member of that batch past the budget, goes to FaaS instead.
 
-Service times vary (``sigma`` > 0): a batch's actual service time is its profiled mean times
-a lognormal factor of mean 1 (log-sd ``sigma``), drawn from a hash of ``(seed, batch id)``
-(deterministic, no RNG state). The spill test predicts as the live front end does
-(:mod:`frontend.spill`): with the profiled means and what it can know, a busy-until
-(``PBUSY``) advanced by the mean service time of each batch dispatched, set to the actual
-end once the instance has nothing in flight (idle) and kept at least "now" while something
-is. So a kept request can miss the SLO when its batch, or one ahead of it, runs long. With
-``sigma`` = 0 the prediction is exact and a kept request never misses the budget.
+Service times vary (``sigma`` > 0, :func:`serve_segment_spread`): a batch's actual service
+time is its profiled mean times a lognormal factor of mean 1 (log-sd ``sigma``, truncated at
+``Z_MAX`` standard deviations either side: :func:`factor_floor` is the least it can be),
+drawn from a hash of ``(seed, batch id)`` (deterministic, no RNG state). The spill test
+then predicts as a front end can, with the profiled means and what it has seen: the
+batches whose replies came back (actual completion <= now) are known; those still out are
+predicted at their means. Per instance a ring of its outstanding batches keeps the sum
+``DSUM`` of (actual - mean) service over them, so the predicted busy-until is
+``BUSY - DSUM`` (back to back behind the server, as they run), at least now while anything
+is out, and exact once the instance is idle. So a kept request can miss the SLO when its
+batch, or one ahead of it, runs long; the error never builds up beyond the batches in
+flight. With ``sigma`` = 0 (:func:`serve_segment`) the prediction is exact and a kept
+request never misses the budget. Which batch a request joins follows the actual dispatch
+(Triton's), the prediction only decides spill.
 """
 
 from __future__ import annotations
@@ -39,12 +45,32 @@ from numba import njit
 # state columns of the per-instance float array
 BUSY = 0  # time the server finishes everything dispatched so far
 A0 = 1  # arrival of the oldest request in the open batch
-PBUSY = 2  # BUSY as the front end predicts it (profiled means; see the module docstring)
+DSUM = 2  # sum of (actual - mean) service of the batches still out (see the docstring)
 N_FSTATE = 3
 # int state columns
 CNT = 0  # requests in the open batch (0: none)
 BID = 1  # global id of the open batch
 N_ISTATE = 2
+#: outstanding batches remembered per instance (:func:`serve_segment_spread`); past it the
+#: oldest is taken as known (its error forgotten)
+RING = 64
+# columns of the ring's int array: first entry, entries
+R_HEAD = 0
+R_LEN = 1
+#: service-time factors are truncated at this many log-sds either side of the mean
+Z_MAX = 3.0
+
+
+def log_sd(cv: float) -> float:
+    """The lognormal's log-sd for a coefficient of variation ``cv``."""
+    return float(np.sqrt(np.log1p(cv * cv)))
+
+
+def factor_floor(cv: float) -> float:
+    """The least factor :func:`service_factor` draws at spread ``cv``: a batch never runs
+    faster than this times its profiled mean (what :mod:`provisioner.bound` relies on)."""
+    sigma = log_sd(cv)
+    return float(np.exp(-Z_MAX * sigma - 0.5 * sigma * sigma))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -68,14 +94,133 @@ def service_factor(sigma: float, seed: int, bid: int) -> float:
     u1 = (float(h1 >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
     u2 = float(h2 >> np.uint64(11)) * (1.0 / 9007199254740992.0)
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    z = min(max(z, -Z_MAX), Z_MAX)
     return float(np.exp(sigma * z - 0.5 * sigma * sigma))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _out(k: int, done: float, delta: float, fstate: np.ndarray, ring_t: np.ndarray,
+         ring_d: np.ndarray, ring_p: np.ndarray) -> None:
+    """A batch of instance ``k`` is dispatched: remember its completion and its error."""
+    r = ring_t.shape[1]
+    head = ring_p[k, R_HEAD]
+    n = ring_p[k, R_LEN]
+    if n == r:  # full: the oldest is taken as known
+        fstate[k, DSUM] -= ring_d[k, head]
+        head = (head + 1) % r
+        n -= 1
+    j = (head + n) % r
+    ring_t[k, j] = done
+    ring_d[k, j] = delta
+    fstate[k, DSUM] += delta
+    ring_p[k, R_HEAD] = head
+    ring_p[k, R_LEN] = n + 1
+
+
+@njit(cache=True, nogil=True)
+def _serve(arr: np.ndarray, assign: np.ndarray, svc: np.ndarray, max_batch: np.ndarray,
+           delay: np.ndarray, budget: np.ndarray, fstate: np.ndarray, istate: np.ndarray,
+           batch_done: np.ndarray, batch_size: np.ndarray, next_bid: int, out_bid: np.ndarray,
+           busy_acc: np.ndarray, sigma: float, seed: int, ring_t: np.ndarray,
+           ring_d: np.ndarray, ring_p: np.ndarray) -> int:
+    spread = sigma > 0.0
+    r = ring_t.shape[1]
+    n = arr.shape[0]
+    for i in range(n):
+        t = arr[i]
+        k = assign[i]
+        if k < 0:
+            out_bid[i] = -1
+            continue
+        busy = fstate[k, BUSY]
+        cnt = istate[k, CNT]
+        mb = max_batch[k]
+        d = delay[k]
+        # close the open batch if its dispatch time has passed
+        if cnt > 0:
+            disp = max(busy, fstate[k, A0] + d)
+            if t >= disp:
+                bid = istate[k, BID]
+                s = svc[k, cnt]
+                if spread:
+                    s *= service_factor(sigma, seed, bid)
+                    _out(k, disp + s, s - svc[k, cnt], fstate, ring_t, ring_d, ring_p)
+                batch_done[bid] = disp + s
+                batch_size[bid] = cnt
+                busy_acc[k] += s
+                busy = disp + s
+                fstate[k, BUSY] = busy
+                cnt = 0
+                istate[k, CNT] = 0
+        pb = busy  # the busy-until the prediction uses
+        if spread:
+            # replies seen by now: those batches are known; the rest at their means
+            head = ring_p[k, R_HEAD]
+            m = ring_p[k, R_LEN]
+            while m > 0 and ring_t[k, head] <= t:
+                fstate[k, DSUM] -= ring_d[k, head]
+                head = (head + 1) % r
+                m -= 1
+            ring_p[k, R_HEAD] = head
+            ring_p[k, R_LEN] = m
+            if m == 0:
+                fstate[k, DSUM] = 0.0
+            else:
+                pb = max(busy - fstate[k, DSUM], t)
+        if cnt > 0:
+            a0 = fstate[k, A0]
+            done = (max(pb, t) if cnt + 1 == mb else max(pb, a0 + d)) + svc[k, cnt + 1]
+            if done - a0 > budget[k]:
+                out_bid[i] = -1
+                continue
+            bid = istate[k, BID]
+            out_bid[i] = bid
+            cnt += 1
+            if cnt == mb:
+                disp = max(busy, t)
+                s = svc[k, cnt]
+                if spread:
+                    s *= service_factor(sigma, seed, bid)
+                    _out(k, disp + s, s - svc[k, cnt], fstate, ring_t, ring_d, ring_p)
+                batch_done[bid] = disp + s
+                batch_size[bid] = cnt
+                busy_acc[k] += s
+                fstate[k, BUSY] = disp + s
+                istate[k, CNT] = 0
+            else:
+                istate[k, CNT] = cnt
+        else:
+            done = max(pb, t + d) + svc[k, 1]
+            if mb == 1:
+                done = max(pb, t) + svc[k, 1]
+            if done - t > budget[k]:
+                out_bid[i] = -1
+                continue
+            bid = next_bid
+            next_bid += 1
+            out_bid[i] = bid
+            if mb == 1:
+                disp = max(busy, t)
+                s = svc[k, 1]
+                if spread:
+                    s *= service_factor(sigma, seed, bid)
+                    _out(k, disp + s, s - svc[k, 1], fstate, ring_t, ring_d, ring_p)
+                batch_done[bid] = disp + s
+                batch_size[bid] = 1
+                busy_acc[k] += s
+                fstate[k, BUSY] = disp + s
+            else:
+                fstate[k, A0] = t
+                istate[k, CNT] = 1
+                istate[k, BID] = bid
+    return next_bid
 
 
 @njit(cache=True, nogil=True)
 def serve_segment(
     arr: np.ndarray,  # float64 arrival times of this segment, sorted
     assign: np.ndarray,  # int32 instance slot per request (-1: no instance, spill)
-    svc: np.ndarray,  # float64 [slots, max_batch+1] profiled (mean) service seconds by size
+    svc: np.ndarray,  # float64 [slots, max_batch+1] service seconds by batch size
     max_batch: np.ndarray,  # int32 [slots]
     delay: np.ndarray,  # float64 [slots] max queue delay, seconds
     budget: np.ndarray,  # float64 [slots] wait budget (predicted latency bound), seconds
@@ -86,82 +231,31 @@ def serve_segment(
     next_bid: int,  # next free global batch id
     out_bid: np.ndarray,  # int64 per request: batch id, or -1 when spilled
     busy_acc: np.ndarray,  # float64 [slots] busy seconds accumulated (utilisation)
-    sigma: float = 0.0,  # log-sd of the actual service time around the profiled mean
-    seed: int = 0,  # of the service-time factors
 ) -> int:
-    n = arr.shape[0]
-    for i in range(n):
-        t = arr[i]
-        k = assign[i]
-        if k < 0:
-            out_bid[i] = -1
-            continue
-        busy = fstate[k, BUSY]
-        pbusy = fstate[k, PBUSY]
-        cnt = istate[k, CNT]
-        mb = max_batch[k]
-        d = delay[k]
-        # close the open batch if its dispatch time has passed
-        if cnt > 0:
-            disp = max(busy, fstate[k, A0] + d)
-            if t >= disp:
-                bid = istate[k, BID]
-                s = svc[k, cnt] * service_factor(sigma, seed, bid)
-                batch_done[bid] = disp + s
-                batch_size[bid] = cnt
-                busy_acc[k] += s
-                busy = disp + s
-                fstate[k, BUSY] = busy
-                pbusy = max(pbusy, fstate[k, A0] + d) + svc[k, cnt]
-                cnt = 0
-                istate[k, CNT] = 0
-        # what the front end knows: idle (nothing in flight) since the actual end, else
-        # busy at least until now
-        pbusy = busy if cnt == 0 and busy <= t else max(pbusy, t)
-        fstate[k, PBUSY] = pbusy
-        if cnt > 0:
-            a0 = fstate[k, A0]
-            done = (max(pbusy, t) if cnt + 1 == mb else max(pbusy, a0 + d)) + svc[k, cnt + 1]
-            if done - a0 > budget[k]:
-                out_bid[i] = -1
-                continue
-            bid = istate[k, BID]
-            out_bid[i] = bid
-            cnt += 1
-            if cnt == mb:
-                disp = max(busy, t)
-                s = svc[k, cnt] * service_factor(sigma, seed, bid)
-                batch_done[bid] = disp + s
-                batch_size[bid] = cnt
-                busy_acc[k] += s
-                fstate[k, BUSY] = disp + s
-                fstate[k, PBUSY] = max(pbusy, t) + svc[k, cnt]
-                istate[k, CNT] = 0
-            else:
-                istate[k, CNT] = cnt
-        else:
-            done = max(pbusy, t + d) + svc[k, 1]
-            if mb == 1:
-                done = max(pbusy, t) + svc[k, 1]
-            if done - t > budget[k]:
-                out_bid[i] = -1
-                continue
-            bid = next_bid
-            next_bid += 1
-            out_bid[i] = bid
-            if mb == 1:
-                disp = max(busy, t)
-                s = svc[k, 1] * service_factor(sigma, seed, bid)
-                batch_done[bid] = disp + s
-                batch_size[bid] = 1
-                busy_acc[k] += s
-                fstate[k, BUSY] = disp + s
-                fstate[k, PBUSY] = max(pbusy, t) + svc[k, 1]
-            else:
-                fstate[k, A0] = t
-                istate[k, CNT] = 1
-                istate[k, BID] = bid
-    return next_bid
+    """Serve one segment with service times exactly the profiled ones (the prediction is
+    exact); returns the next free batch id."""
+    none = np.zeros((1, 1))
+    return _serve(arr, assign, svc, max_batch, delay, budget, fstate, istate, batch_done,
+                  batch_size, next_bid, out_bid, busy_acc, 0.0, 0, none, none,
+                  np.zeros((1, 2), dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def serve_segment_spread(
+    arr: np.ndarray, assign: np.ndarray, svc: np.ndarray, max_batch: np.ndarray,
+    delay: np.ndarray, budget: np.ndarray, fstate: np.ndarray, istate: np.ndarray,
+    batch_done: np.ndarray, batch_size: np.ndarray, next_bid: int, out_bid: np.ndarray,
+    busy_acc: np.ndarray,
+    sigma: float,  # log-sd of the actual service time around the profiled mean
+    seed: int,  # of the service-time factors
+    ring_t: np.ndarray,  # float64 [slots, RING] completion of each outstanding batch
+    ring_d: np.ndarray,  # float64 [slots, RING] its actual - mean service
+    ring_p: np.ndarray,  # int64 [slots, 2] R_HEAD, R_LEN
+) -> int:
+    """:func:`serve_segment` with service times that vary around the profiled means, which
+    the spill test predicts with (see the module docstring)."""
+    return _serve(arr, assign, svc, max_batch, delay, budget, fstate, istate, batch_done,
+                  batch_size, next_bid, out_bid, busy_acc, sigma, seed, ring_t, ring_d, ring_p)
 
 
 @njit(cache=True, nogil=True)
@@ -186,7 +280,6 @@ def flush_instance(
         batch_done[bid] = disp + s
         batch_size[bid] = cnt
         busy_acc[k] += s
-        fstate[k, PBUSY] = max(fstate[k, PBUSY], fstate[k, A0] + delay[k]) + svc[k, cnt]
         fstate[k, BUSY] = disp + s
         istate[k, CNT] = 0
     return fstate[k, BUSY]

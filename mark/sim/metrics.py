@@ -170,6 +170,7 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
         "spot_interruptions": world.n_interruptions,
         "failed": int(world.failed.sum()),
         "slo_ms": slo.latency_ms,
+        "service_cv": world.service_cv,
         "slo_percentile": slo.percentile,
         "billing_factor": world.billing_factor,
         **faas_stats,
@@ -184,7 +185,7 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
         extra["faas_tier"] = tier
     ctx = world.ctx
     lb = lower_bound_usd(world.counts, ctx.catalogue, ctx.profile, slo, spot=ctx.spot,
-                         types=ctx.types)
+                         types=ctx.types, service_cv=world.service_cv)
     extra["lower_bound_usd"] = math.floor(lb * 1e6) / 1e6 if math.isfinite(lb) else None
     est = getattr(world.policy, "bound_usd", None)  # the hindsight plan's own estimate
     if est is not None and math.isfinite(est):

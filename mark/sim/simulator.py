@@ -12,8 +12,9 @@ concurrency limit, per-ms billing), which is exact because FaaS does not feed ba
 fleet. Billing follows :mod:`mark.core.billing`. Instance service times vary around the
 profile's means (its ``service_cv``) while spill predicts with the means, as live.
 
-The service is assumed running at t=0: the policy's first decision sees the trace's first
-``PREROLL_S`` seconds as its past (a pre-roll) and what it launches is ready at once.
+The service is assumed running at t=0: what the policy's first decision launches is ready
+at once. It does not see the future: its past before t=0 is a separate warm-up slice
+(``history``) or nothing at all.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def simulate(
     ``ml_premium``: a policy with ``price_factor`` (SageMaker) is billed at ml.* prices.
     A policy named without ``policy_kw`` whose class has a ``search_space`` (hindsight) is
     run once per variant and the cheapest run meeting the SLO is returned.
-    ``history``: per-second counts before the trace (scaled alike), the policy's past at its
-    first decision and after (a planner that has been running); None: the trace's first
-    ``PREROLL_S`` seconds are its past at t=0 (a pre-roll).
+    ``history``: per-second counts before the trace (an array or a Trace, scaled alike), the
+    policy's past at its first decision and after (a planner that has been running); None:
+    no past (its first decision at t=0 sees no requests).
     ``service_cv``: spread of actual instance service times around the profiled means (a
     lognormal per batch; None: the profile's ``service_cv``, 0: exactly the means). Spill
     predicts with the means, as the front end does, so a kept request can miss the SLO.

@@ -30,7 +30,6 @@ from provisioner import Decision, PolicyContext, ProvisioningPolicy, ServingPlan
 log = logging.getLogger(__name__)
 
 PATTERN_LEN = 1024  # WRR picks (over types) per routing pattern; tiled over a segment
-PREROLL_S = 600  # without a history, the policy's past at t=0: the trace's first seconds
 
 
 def spread_arrivals(counts: np.ndarray, seed: int) -> np.ndarray:
@@ -60,7 +59,8 @@ class World:
                  billing_factor: float, history: np.ndarray | None = None,
                  service_cv: float = 0.0) -> None:
         self.counts = counts
-        # what the policy sees as its past before t=0 (none: the trace's first PREROLL_S s)
+        # what the policy sees as its past before t=0 (a warm-up slice, or none: never the
+        # trace itself, which is its future)
         self.history = None if history is None else np.asarray(history, dtype=np.int64)
         self._seen = (counts if self.history is None
                       else np.concatenate((self.history, counts)))
@@ -73,7 +73,8 @@ class World:
         self.spot_scale = spot_interruption_scale
         self.billing_factor = billing_factor
         # actual service time = profiled mean x lognormal(mean 1, this log-sd) per batch
-        self.sigma = math.sqrt(math.log1p(service_cv * service_cv))
+        self.service_cv = service_cv
+        self.sigma = queueing.log_sd(service_cv)
         self.seed = seed
         n = arr.size
         self.out_bid = np.full(n, -1, dtype=np.int64)
@@ -111,6 +112,9 @@ class World:
     fstate: np.ndarray
     istate: np.ndarray
     busy: np.ndarray
+    ring_t: np.ndarray  # outstanding batches per slot (service-time spread only)
+    ring_d: np.ndarray
+    ring_p: np.ndarray
 
     def _alloc(self, cap: int) -> None:
         old = getattr(self, "svc", None)
@@ -121,12 +125,18 @@ class World:
         fstate = np.zeros((cap, queueing.N_FSTATE))
         istate = np.zeros((cap, queueing.N_ISTATE), dtype=np.int64)
         busy = np.zeros(cap)
+        ring = queueing.RING if self.sigma > 0 else 1
+        ring_t = np.zeros((cap, ring))
+        ring_d = np.zeros((cap, ring))
+        ring_p = np.zeros((cap, 2), dtype=np.int64)
         if old is not None:
             k = old.shape[0]
             svc[:k], mb[:k], delay[:k], budget[:k] = old, self.mb, self.delay, self.budget
             fstate[:k], istate[:k], busy[:k] = self.fstate, self.istate, self.busy
+            ring_t[:k], ring_d[:k], ring_p[:k] = self.ring_t, self.ring_d, self.ring_p
         self.svc, self.mb, self.delay, self.budget = svc, mb, delay, budget
         self.fstate, self.istate, self.busy = fstate, istate, busy
+        self.ring_t, self.ring_d, self.ring_p = ring_t, ring_d, ring_p
 
     # ---- the hot path ----------------------------------------------------------------
     def advance(self, until_s: float) -> None:
@@ -160,11 +170,14 @@ class World:
             assign = np.full(n, -1, dtype=np.int32)
             if self.plan is None or not self.plan.spill:
                 self.failed[i0:i1] = True
-        self.next_bid = queueing.serve_segment(
-            self.arr[i0:i1], assign, self.svc, self.mb, self.delay, self.budget, self.fstate,
-            self.istate, self.batch_done, self.batch_size, self.next_bid, self.out_bid[i0:i1],
-            self.busy, self.sigma, self.seed,
-        )
+        args = (self.arr[i0:i1], assign, self.svc, self.mb, self.delay, self.budget,
+                self.fstate, self.istate, self.batch_done, self.batch_size, self.next_bid,
+                self.out_bid[i0:i1], self.busy)
+        if self.sigma > 0:  # actual service times vary; spill predicts with the means
+            self.next_bid = queueing.serve_segment_spread(
+                *args, self.sigma, self.seed, self.ring_t, self.ring_d, self.ring_p)
+        else:
+            self.next_bid = queueing.serve_segment(*args)
         self.cursor = i1
 
     def _stride_picks(self, weights: dict[str, float], n: int) -> np.ndarray:
@@ -245,6 +258,7 @@ class World:
         self.budget[slot] = ts.wait_budget_s if self.plan.spill else np.inf
         self.fstate[slot] = 0.0
         self.istate[slot] = 0
+        self.ring_p[slot] = 0
         delay = 0.0 if instant else (it.launch_delay_s if ready_after_s is None
                                      else ready_after_s)
         inst = SimInstance(f"i-{slot:05d}", instance_type, market, InstanceState.PENDING, now,
@@ -327,8 +341,8 @@ class World:
         fleet = tuple(self.live.values())
         if self.history is not None:  # warm start on a given past
             seen = self._seen[: self.history.size + int(now)]
-        else:  # warm start: at t=0 the policy sees the trace's first PREROLL_S s as its past
-            seen = self.counts[:PREROLL_S] if now == 0.0 else self.counts[: int(now)]
+        else:  # no past before t=0: the policy sees only what has arrived
+            seen = self.counts[: int(now)]
         return Snapshot(now, seen, fleet, self.ctx.slo)
 
     def tick(self) -> None:
