@@ -103,6 +103,7 @@ def admin_fleet(url: str) -> list[dict[str, Any]]:
 def test_the_dashboard_shows_fleet_rates_cost_and_latency(cluster: ClusterThread,
                                                           tmp_path: Path) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -122,8 +123,10 @@ def test_the_dashboard_shows_fleet_rates_cost_and_latency(cluster: ClusterThread
         model_sel = f'[data-model="{MODEL}"]'
 
         def value(metric: str) -> float | None:
-            els = driver.find_elements(By.CSS_SELECTOR, f'[data-metric="{metric}"]{model_sel}')
-            raw = els[0].get_attribute("data-value") if els else None
+            raw = driver.execute_script(
+                "const e = document.querySelector(arguments[0]);"
+                " return e ? e.getAttribute('data-value') : null;",
+                f'[data-metric="{metric}"]{model_sel}')
             return float(raw) if raw else None
 
         arrivals_seen: list[float] = []  # the rate covers the last 10 s: it may fall back
@@ -144,20 +147,25 @@ def test_the_dashboard_shows_fleet_rates_cost_and_latency(cluster: ClusterThread
                     and all(x is not None and x > 0 for x in p))
 
         try:
-            WebDriverWait(driver, 60, poll_frequency=0.5).until(shown)
+            # the page re-renders every 2 s: an element read mid-render goes stale
+            WebDriverWait(driver, 60, poll_frequency=0.5,
+                          ignored_exceptions=(StaleElementReferenceException,)).until(shown)
         finally:
             shot = tmp_path / "dashboard.png"
             driver.save_screenshot(str(shot))
             shutil.copy(shot, "/tmp/dashboard.png")
         # what the page shows is what the service says
-        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet-body tr[data-instance-id]")
-        by_id = {r.get_attribute("data-instance-id"): r for r in rows}
+        # (read in one script: a re-render between reads cannot leave them stale)
+        rows = driver.execute_script(
+            "return [...document.querySelectorAll('#fleet-body tr[data-instance-id]')].map("
+            "r => ({id: r.dataset.instanceId, market: r.dataset.market, state: r.dataset.state,"
+            " text: r.innerText}))")
+        by_id = {r["id"]: r for r in rows}
         for inst in fleet:
             row = by_id[inst["id"]]
-            assert row.get_attribute("data-market") == inst["market"]
-            assert row.get_attribute("data-state") in {"pending", "ready", "notice", "draining",
-                                                       "unhealthy"}
-            assert inst["instance_type"] in row.text
+            assert row["market"] == inst["market"]
+            assert row["state"] in {"pending", "ready", "notice", "draining", "unhealthy"}
+            assert inst["instance_type"] in row["text"]
         p50, p98, p99 = (value(q) for q in ("p50", "p98", "p99"))
         assert p50 is not None and p98 is not None and p99 is not None
         assert 100 <= p50 <= p98 <= p99  # ms; the model takes 132 ms at batch 1
