@@ -95,4 +95,6 @@ def test_no_orphan_instance_survives_mark_up(tmp_path: Path, how: signal.Signals
     deadline = time.time() + 15
     while time.time() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.1)
-    assert not [k for k in kids if _alive(k)], "orphaned processes survived mark up"
+    left = [k for k in kids if _alive(k)]
+    assert not left, ("orphaned processes survived mark up",
+                      {k: Path(f"/proc/{k}/cmdline").read_bytes()[:200] for k in left})
