@@ -34,6 +34,8 @@ from hypothesis import strategies as st
 from frontend.protocol import ModelMetadata, decode_body, parse_infer
 from mark.core.errors import BadRequest, MarkError, PayloadTooLarge
 
+# allocations that are not the decoder's (an event loop's first run, a cache filled once)
+SLACK_BYTES = 64 * 1024
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -452,7 +454,7 @@ def test_decode_body_is_exact_within_the_limit_and_413_past_it(
         assert isinstance(out, PayloadTooLarge), out
         check_error(out, "frontend.max_body_bytes")
     # a bomb costs a chunk or two at a time, never what it expands to
-    assert peak <= 2 * min(len(payload), limit) + 2 * chunk + INFLATER_BYTES, (
+    assert peak <= 2 * min(len(payload), limit) + 2 * chunk + INFLATER_BYTES + SLACK_BYTES, (
         f"{peak} bytes traced for limit {limit}, chunk {chunk}, payload {len(payload)}")
 
 
