@@ -56,10 +56,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mark.backends.aws_userdata import LaunchSettings, launch_user_data
-from mark.backends.base import ExitCallback, LaunchSpec, NoticeCallback, register_backend
+from mark.backends.base import ExitCallback, LaunchSpec, NoticeCallback, register_backend, spot_to_notice
 from mark.core.clock import Clock, WallClock
 from mark.core.config import AwsConfig, MarkConfig, ModelConfig
-from mark.core.errors import ConfigError, Conflict, NotFound, ServiceUnavailable
+from mark.core.errors import ConfigError, NotFound, ServiceUnavailable
 from mark.core.instances import Instance, InstanceState, Market
 
 log = logging.getLogger(__name__)
@@ -411,14 +411,7 @@ class AwsBackend:
 
     # ---- notices ----------------------------------------------------------------------------
     async def notice(self, instance_id: str) -> float:
-        inst = self.instances.get(instance_id)
-        if inst is None or inst.state == InstanceState.TERMINATED:
-            live = sorted(i for i, x in self.instances.items()
-                          if x.state != InstanceState.TERMINATED)
-            raise NotFound(f"no live instance {instance_id!r}; live: {live}")
-        if inst.market != Market.SPOT:
-            raise Conflict(f"instance {instance_id} is {inst.market.value}: only spot "
-                           "instances get interruption notices")
+        inst = spot_to_notice(self.instances, instance_id)
         if "reclaim_at_s" in inst.extra:
             return float(inst.extra["reclaim_at_s"])
         at = self._accept_notice(inst, self.clock.now() + self.notice_s, "terminate (by hand)")

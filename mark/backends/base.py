@@ -30,12 +30,13 @@ name is a ``ConfigError`` listing the registered ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from mark.core.config import MarkConfig, ModelConfig
-from mark.core.instances import Instance, Market
+from mark.core.errors import Conflict, NotFound
+from mark.core.instances import Instance, InstanceState, Market
 from mark.core.registry import Registry
 
 
@@ -80,6 +81,19 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Terminate everything this backend launched."""
         ...
+
+
+def spot_to_notice(instances: Mapping[str, Instance], instance_id: str) -> Instance:
+    """The live spot instance ``instance_id`` of ``instances`` (what ``notice`` acts on):
+    ``NotFound`` naming the live ids, ``Conflict`` naming the market of an on-demand one."""
+    inst = instances.get(instance_id)
+    if inst is None or inst.state == InstanceState.TERMINATED:
+        live = sorted(i for i, x in instances.items() if x.state != InstanceState.TERMINATED)
+        raise NotFound(f"no live instance {instance_id!r}; live: {live}")
+    if inst.market != Market.SPOT:
+        raise Conflict(f"instance {instance_id} is {inst.market.value}: only spot "
+                       "instances get interruption notices")
+    return inst
 
 
 BackendFactory = Callable[[MarkConfig, ExitCallback | None, NoticeCallback | None], Backend]

@@ -48,7 +48,7 @@ from typing import BinaryIO
 
 import aiohttp
 
-from mark.backends.base import ExitCallback, LaunchSpec, NoticeCallback, register_backend
+from mark.backends.base import ExitCallback, LaunchSpec, NoticeCallback, register_backend, spot_to_notice
 from mark.core.catalogue import Catalogue, SpotModel, load_catalogue
 from mark.core.clock import Clock, WallClock
 from mark.core.config import MarkConfig, ModelConfig
@@ -385,14 +385,7 @@ class LocalBackend:
             log.exception("interruption notice for %s failed", inst.id)
 
     async def notice(self, instance_id: str) -> float:
-        inst = self._instances.get(instance_id)
-        if inst is None or inst.state == InstanceState.TERMINATED:
-            live = sorted(i for i, x in self._instances.items()
-                          if x.state != InstanceState.TERMINATED)
-            raise NotFound(f"no live instance {instance_id!r}; live: {live}")
-        if inst.market != Market.SPOT:
-            raise Conflict(f"instance {instance_id} is {inst.market.value}: only spot "
-                           "instances get interruption notices")
+        inst = spot_to_notice(self._instances, instance_id)
         if "reclaim_at_s" in inst.extra:
             return float(inst.extra["reclaim_at_s"])
         spot = self._spot_model(inst.instance_type)
