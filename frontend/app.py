@@ -26,7 +26,7 @@ from frontend.openapi import add_openapi_route
 from frontend.protocol import ModelMetadata, decode_body, parse_infer
 from frontend.request_id import HEADER as REQUEST_ID
 from frontend.request_id import new_request_id, request_id_of, valid
-from frontend.spill import InstanceQueue
+from frontend.spill import InstanceQueue, PredictionErrors
 from frontend.stats import sum_model_stats
 from frontend.timing import RequestTiming, TimingLog
 from frontend.upstream import Upstream, UpstreamConnectionError, UpstreamReply
@@ -108,6 +108,7 @@ class FrontEnd:
         self._fallback_meta: dict[str, ModelMetadata] = {}  # not cached in the fleet: an
         # instance's own metadata replaces it as soon as one answers
         self._spill_margin_s = cfg.frontend.spill_margin_ms / 1000.0
+        self._errors: dict[str, PredictionErrors] = {}  # by model: what the spill model misses
         self.models = {m.name: m for m in cfg.models}
         self.budget_s = {m.name: cfg.frontend.request_budget_s(m.slo_latency_ms) for m in cfg.models}
         self._where_cache: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
@@ -128,6 +129,7 @@ class FrontEnd:
         self.budget_s.pop(name, None)
         self.arrivals.remove_model(name)
         self._fallback_meta.pop(name, None)
+        self._errors.pop(name, None)
         self.fleet.remove_model(name)
 
     def sync_models(self, docs: dict[str, dict[str, Any]]) -> None:
@@ -148,14 +150,17 @@ class FrontEnd:
         self._where_cache.pop(inst.id, None)
         self._queues.pop(inst.id, None)
 
-    def _queue(self, inst: Instance) -> InstanceQueue | None:
+    def _queue(self, inst: Instance, model: str) -> InstanceQueue | None:
         """The spill model of ``inst`` (None when the plan gave it none)."""
         params = inst.extra.get("spill")
         if params is None:
             return None
         q = self._queues.get(inst.id)
         if q is None or q.params is not params:
-            q = self._queues[inst.id] = InstanceQueue(params, self._spill_margin_s)
+            errors = self._errors.get(model)
+            if errors is None:
+                errors = self._errors[model] = PredictionErrors(self._spill_margin_s)
+            q = self._queues[inst.id] = InstanceQueue(params, self._spill_margin_s, errors)
         return q
 
     async def _spill(self, model: str, body: bytes | bytearray, fwd: dict[str, str], arrival: float,
@@ -325,7 +330,8 @@ class FrontEnd:
                 if last is None:
                     raise self._unavailable(model)
                 break
-            if faas is not None and (q := self._queue(inst)) is not None:
+            admitted: InstanceQueue | None = None
+            if faas is not None and (q := self._queue(inst, model)) is not None:
                 now = time.perf_counter()
                 if inst.id in self.inflight:
                     q.busy_now(now)
@@ -334,6 +340,7 @@ class FrontEnd:
                 if not q.admit(now):  # the SLO is at risk there: spill
                     return await self._spill(model, decoded, fwd, arrival, deadline,
                                              len(tried) + 1, "slo_at_risk")
+                admitted = q
             sent = time.perf_counter()
             left_s = deadline - sent
             if left_s <= 0:
@@ -360,6 +367,8 @@ class FrontEnd:
                 else:
                     del inflight[inst.id]
             done = time.perf_counter()
+            if admitted is not None and admitted.errors is not None and reply.status == 200:
+                admitted.errors.note(admitted.predicted_s, done - now)
             self.timings.add(RequestTiming(model, inst.id, "iaas", arrival, sent - arrival,
                                            done - sent, reply.status, len(tried) + 1))
             raw = [(_FWD_RESP_BYTES[k], v.encode("latin-1"))

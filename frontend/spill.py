@@ -10,7 +10,12 @@ request of the batch it joins; otherwise it spills (``admit`` returns False and 
 nothing).
 
 Live, ``margin_s`` (``frontend.spill_margin_ms``) is kept back from the budget for what
-the model does not see: the HTTP hops and Triton's own overhead per request.
+the model does not see: the HTTP hops and Triton's own overhead per request. What it still
+misses (a loaded host, other front-end processes' requests, service times that vary) the
+front end learns: :class:`PredictionErrors` keeps each model's recent errors (observed minus
+predicted latency of requests served by an instance) and the margin becomes the larger of
+the configured one and a high quantile of those errors, so the spill decision stays honest
+where the profile is optimistic.
 
 Reality corrects the model: when an instance has nothing in flight, its queue is empty
 (``idle``), however slow or fast the model predicted; and while requests are in flight it is
@@ -22,8 +27,11 @@ predicts low by the others'; with one (the default on small hosts) the model is 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,45 @@ class SpillParams:
         return cls.of(d["svc_s"], d["max_batch"], d["delay_s"], d["budget_s"])  # type: ignore[arg-type]
 
 
+class PredictionErrors:
+    """A model's recent prediction errors (seconds; observed minus predicted latency of
+    requests an instance served) and the margin they call for: their ``quantile``, recomputed
+    every ``every`` samples over the last ``size``, never below ``floor_s`` and never above
+    ``cap`` of the budget (an instance always takes what is predicted well inside it)."""
+
+    def __init__(self, floor_s: float, quantile: float = 0.95, size: int = 512,
+                 every: int = 16, cap: float = 0.5, min_samples: int = 32) -> None:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        self.floor_s = floor_s
+        self.quantile = quantile
+        self.cap = cap
+        self.every = every
+        self.min_samples = min_samples
+        self._errors: deque[float] = deque(maxlen=size)
+        self._since = 0
+        self.learned_s = 0.0  # the errors' quantile (0 until min_samples are in)
+
+    def note(self, predicted_s: float, observed_s: float) -> None:
+        self._errors.append(observed_s - predicted_s)
+        self._since += 1
+        if self._since >= self.every and len(self._errors) >= self.min_samples:
+            self._since = 0
+            self.learned_s = max(0.0, float(np.quantile(np.fromiter(self._errors, float),
+                                                        self.quantile)))
+
+    def margin_s(self, budget_s: float) -> float:
+        return max(self.floor_s, min(self.learned_s, self.cap * budget_s))
+
+
 @dataclass
 class InstanceQueue:
     """One instance's queue as the front end models it (see the module docstring)."""
 
     params: SpillParams
     margin_s: float = 0.0  # kept back from the budget: HTTP, Triton and front-end overhead
+    errors: PredictionErrors | None = None  # learned errors: the margin may grow beyond margin_s
+    predicted_s: float = 0.0  # the latency predicted for the last request admitted
     busy_s: float = 0.0  # the dispatched batches finish then
     first_s: float = 0.0  # arrival of the open batch's first request
     count: int = 0  # requests in the open batch
@@ -92,11 +133,14 @@ class InstanceQueue:
         p = self.params
         self.busy_s, self.count = self._dispatched(t)
         latency, oldest = self.predict_s(t)
-        budget = p.budget_s - self.margin_s
+        margin = self.margin_s if self.errors is None else max(
+            self.margin_s, self.errors.margin_s(p.budget_s))
+        budget = p.budget_s - margin
         if latency > budget or oldest > budget:
             self.refused += 1
             return False
         self.admitted += 1
+        self.predicted_s = latency
         if self.count > 0:
             self.count += 1
             if self.count == p.max_batch:  # full: it leaves now (or when the instance frees)

@@ -51,6 +51,7 @@ def build_request(meta: dict[str, Any], rows: int = 1, seed: int = 0) -> bytes:
 @dataclass
 class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)  # where each reply was served (x-mark-backend)
     errors: Counter[int] = field(default_factory=Counter)
     lost: int = 0
     spilled: int = 0
@@ -61,6 +62,14 @@ class LoadResult:
     @property
     def ok(self) -> int:
         return len(self.latencies_s)
+
+    def missed(self, slo_s: float) -> dict[str, int]:
+        """Replies slower than ``slo_s``, by where they were served."""
+        out: dict[str, int] = {}
+        for lat, where in zip(self.latencies_s, self.backends, strict=False):
+            if lat > slo_s:
+                out[where or "?"] = out.get(where or "?", 0) + 1
+        return out
 
     def percentiles_ms(self) -> dict[str, float]:
         if not self.latencies_s:
@@ -143,7 +152,9 @@ class LoadClient:
                 await r.read()
                 if r.status == 200:
                     result.latencies_s.append(time.perf_counter() - t0)
-                    if r.headers.get("x-mark-backend") == "faas":
+                    backend = r.headers.get("x-mark-backend", "")
+                    result.backends.append(backend)
+                    if backend == "faas":
                         result.spilled += 1
                 else:
                     result.errors[r.status] += 1

@@ -72,7 +72,7 @@ def step_load(c: ClusterThread, times: float, seconds: float, seed: int = 2,
 
     async def run() -> LoadResult:
         if warm_first and c.cluster.runtime is not None:  # warm functions, as a running service's are
-            await warm(c.cluster.runtime.url, 6)  # (cold starts: the runtime's own tests)
+            await warm(c.cluster.runtime.url, 12)  # (cold starts: the runtime's own tests)
         async with LoadClient(c.url, MODEL, timeout_s=30.0) as client:
             return await client.open_loop(arrivals)
 
@@ -100,7 +100,7 @@ def test_the_excess_spills_and_the_slo_holds(spill_on: ClusterThread,
     on = step_load(spill_on, 3.0, 25.0)
     assert on.lost == 0 and sum(on.errors.values()) == 0, on.to_json()
     assert on.spilled > 0.15 * on.sent, on.to_json()  # what the instance cannot take spills
-    assert attainment(on) >= 0.98, on.to_json()
+    assert attainment(on) >= 0.98, (on.to_json(), on.missed(SLO_S))
     off = step_load(spill_off, 3.0, 25.0)
     assert off.lost == 0
     assert attainment(off) < 0.9, off.to_json()  # the same load without spill breaks it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from frontend.spill import InstanceQueue, SpillParams
+from frontend.spill import InstanceQueue, PredictionErrors, SpillParams
 from mark.core import queueing
 from mark.core.profiles import load_profile
 
@@ -50,3 +50,35 @@ def test_idle_and_busy_corrections() -> None:
     assert q.predict_s(0.1)[0] == pytest.approx(0.2)
     q.busy_now(5.0)  # still busy at 5 s (slower than the model)
     assert q.predict_s(5.0)[0] == pytest.approx(0.2)
+
+
+def test_the_margin_grows_to_what_the_model_misses() -> None:
+    """Observed latencies 120 ms above the predictions: after enough of them the queue keeps
+    120 ms back, so a request predicted 100 ms inside the budget now spills."""
+    params = SpillParams.of([0.0, 0.2], 1, 0.0, 0.5)
+    errors = PredictionErrors(floor_s=0.01)
+    q = InstanceQueue(params, 0.01, errors)
+    assert q.admit(0.25) and q.predicted_s == pytest.approx(0.2)  # alone: 200 ms
+    q.idle(10.0)
+    assert q.admit(10.0)  # predicted 200 ms; a second at once waits for it: 400 ms < 490 ms
+    assert q.admit(10.0) and q.predicted_s == pytest.approx(0.4)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        errors.note(0.2, 0.2 + 0.12 + rng.uniform(-0.005, 0.005))
+    assert errors.margin_s(0.5) == pytest.approx(0.124, abs=0.003)
+    q.idle(20.0)
+    assert q.admit(20.0)
+    assert not q.admit(20.0)  # 400 ms > 500 - 124 ms: spills now
+
+
+def test_the_learned_margin_is_bounded() -> None:
+    errors = PredictionErrors(floor_s=0.02, min_samples=32)
+    for _ in range(31):
+        errors.note(0.1, 5.0)
+    assert errors.margin_s(0.5) == 0.02  # too few samples: the floor
+    for _ in range(40):
+        errors.note(0.1, 5.0)
+    assert errors.margin_s(0.5) == pytest.approx(0.25)  # half the budget at most
+    for _ in range(600):
+        errors.note(0.3, 0.1)  # faster than predicted: the floor again
+    assert errors.margin_s(0.5) == 0.02
