@@ -176,6 +176,37 @@ async def test_a_request_takes_its_instance_types_profiled_time(
     assert fleet["c5.large"].state == InstanceState.READY
 
 
+def test_service_times_spread_as_the_profile_says() -> None:
+    """The profile's ``service_cv`` reaches the instance's configuration, and the core draws
+    factors of mean 1 with that spread, truncated (so never below a floor)."""
+    from mark.models.profiled.core import Z_MAX, ProfiledCore
+    from mark.models.repository import config_pbtxt
+
+    assert PROFILE.service_cv > 0
+    assert f'key: "service_cv" value: {{ string_value: "{PROFILE.service_cv:g}" }}' in \
+        config_pbtxt(_profiled(profile="inception-v3"), "c5.large")
+    core = ProfiledCore([0.0, 0.2], cv=0.1, seed=3)
+    f = np.array([core.factor() for _ in range(20_000)])
+    assert f.mean() == pytest.approx(1.0, abs=0.005)
+    assert f.std() == pytest.approx(0.1, abs=0.01)
+    sigma = np.sqrt(np.log1p(0.01))
+    assert f.min() >= np.exp(-Z_MAX * sigma - sigma * sigma / 2) - 1e-12
+    assert ProfiledCore([0.0, 0.2]).factor() == 1.0  # no spread: exactly the table
+    with pytest.raises(ConfigError, match="service_cv"):
+        ProfiledCore([0.0, 0.2], cv=-1.0)
+
+
+@pytest.mark.triton
+async def test_live_service_times_vary(
+    profiled_fleet: tuple[LocalBackend, dict[str, Instance]],
+) -> None:
+    """One request at a time on c5.large (210 ms): the times spread about the profile's cv
+    (0.1, ~21 ms), far beyond the few ms the HTTP hop varies by."""
+    _, fleet = profiled_fleet
+    lat = await _single_latencies(fleet["c5.large"].url, 13)
+    assert statistics.stdev(lat) > 0.04 * PROFILE.service_s("c5.large", 1), lat
+
+
 @pytest.mark.triton
 async def test_tritonclient_gets_its_input_back(
     profiled_fleet: tuple[LocalBackend, dict[str, Instance]],

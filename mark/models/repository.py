@@ -125,6 +125,7 @@ def config_pbtxt(model: ModelConfig, instance_type: str = "local",
     if model.kind == "profiled":
         table_ms = type_profile(model, instance_type).table_s()[1:] * 1000.0
         text += _parameter("service_ms", ",".join(f"{t:.3f}" for t in table_ms))
+        text += _parameter("service_cv", f"{load_profile(str(model.profile)).service_cv:g}")
         text += _parameter("instance_type", instance_type)
         text += _parameter("profile", str(model.profile))
     return text

@@ -2,8 +2,9 @@
 says, then answers OUTPUT0 = INPUT0 (FP32). An adapter of :mod:`mark.models.profiled.core`.
 
 The times come from the model configuration's ``service_ms`` parameter (ms per batch size
-1..n, comma-separated), written by ``mark.models.repository`` from the model's profile for
-the instance's type; with ``instance_group`` count 1 one batch executes at a time, as on an
+1..n, comma-separated) and their spread from ``service_cv``, written by
+``mark.models.repository`` from the model's profile for the instance's type; with
+``instance_group`` count 1 one batch executes at a time, as on an
 instance whose cores one batch fills.
 """
 
@@ -22,7 +23,10 @@ class TritonPythonModel:
         raw = config["parameters"]["service_ms"]["string_value"]
         table_s = [0.0] + [float(x) / 1000.0 for x in raw.split(",")]
         # without batching (max_batch_size 0) a request has no batch dimension: it is one item
-        self.core = ProfiledCore(table_s, batched=int(config.get("max_batch_size", 0)) > 0)
+        params = config["parameters"]
+        cv = float(params["service_cv"]["string_value"]) if "service_cv" in params else 0.0
+        self.core = ProfiledCore(table_s, batched=int(config.get("max_batch_size", 0)) > 0,
+                                 cv=cv)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         start = time.perf_counter()
