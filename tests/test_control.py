@@ -81,7 +81,8 @@ def policy(ctx: PolicyContext, **kw: Any) -> ProvisioningPolicy:
 
 
 def make_loop(pol: ProvisioningPolicy, ctx: PolicyContext, counts: np.ndarray,
-              warm: bool = True, **fake_kw: Any) -> tuple[ControlLoop, FakeBackend, VirtualClock]:
+              warm: bool = True, past: np.ndarray | None = None,
+              **fake_kw: Any) -> tuple[ControlLoop, FakeBackend, VirtualClock]:
     clock = VirtualClock(0.0)
     fleet = Fleet([MODEL])
     loop_ref: list[ControlLoop] = []
@@ -92,7 +93,8 @@ def make_loop(pol: ProvisioningPolicy, ctx: PolicyContext, counts: np.ndarray,
     mc = ModelControl(MODEL, pol, ctx, initial_serving(pol, ctx))
     loop = ControlLoop({MODEL: mc}, fake, fleet, CostLedger(ctx.catalogue), clock,
                        ArrayCounts({MODEL: counts}),
-                       warm_start={MODEL: counts[:600]} if warm else None)
+                       warm_start=({MODEL: counts[:600] if past is None else past}
+                                   if warm else None))
     loop_ref.append(loop)
     return loop, fake, clock
 
@@ -156,6 +158,33 @@ def test_decisions_equal_the_simulators_for_the_same_counts() -> None:
     ended = sum(len(s["terminate"]) for s in sim_steps)
     assert launched >= 3 and ended >= 2  # the series exercised both directions
     assert len(fake.launched) == launched and len(fake.terminated) == ended
+
+
+def test_a_warm_up_slice_is_the_past_of_every_step_in_both_worlds() -> None:
+    """With a warm-up slice (the simulator's ``history``, the loop's ``warm_start``) every
+    decision sees the same past and decides the same, not only the first (the live loop
+    once forgot it after its first step and reacted to a burst at once where the simulator
+    weighed it against the past)."""
+    counts = ramp_counts()[900:]  # opens on the ramp
+    past = np.random.default_rng(4).poisson(20.0, 600).astype(np.int64)
+    ctx = context()
+    sim_rec = Recorder(policy(ctx))
+    simulate(counts, sim_rec, profile=ctx.profile, catalogue=ctx.catalogue, slo=ctx.slo,
+             types=TYPES, timeline=False, history=past)
+    live_rec = Recorder(policy(ctx))
+    loop, _, clock = make_loop(live_rec, ctx, counts, past=past)
+
+    async def run() -> None:
+        await loop.start(run=False)
+        await drive(loop, clock, counts.size)
+        await loop.stop()
+
+    asyncio.run(run())
+    assert sim_rec.steps[0]["n_counts"] == 600 and sim_rec.steps[0]["launch"]
+    assert len(sim_rec.steps) == len(live_rec.steps) > 100
+    for s, live in zip(sim_rec.steps, live_rec.steps, strict=True):
+        assert live == s, f"first difference at t={s['t']}"
+    assert live_rec.steps[5]["n_counts"] == 600 + 50
 
 
 def test_launches_ahead_of_a_forecastable_ramp() -> None:

@@ -32,8 +32,10 @@ Around the policy, the loop owns what only a live world has:
   to FaaS, a plan of zero instances would answer every request with 503.
 
 The clock is injected: ``VirtualClock`` with the fake backend in tests, the wall clock
-live. ``warm_start`` gives the first step a past (a warm-up slice, as the simulator's ``history``); the
-launches of that step are the starting fleet, taken as already running (ready at once).
+live. ``warm_start`` gives the policy a past (a warm-up slice, as the simulator's ``history``):
+the seconds before the loop's epoch, kept in its history as the counts that follow are
+appended (within ``history_s``); the launches of the first step are the starting fleet,
+taken as already running (ready at once).
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class ControlLoop:
             self.apply_plan(mc)
         self.epoch = float(math.floor(clock.now()))
         for mc in self.models.values():
-            mc.hist_start = int(self.epoch)
+            self._seed(mc, int(self.epoch))
         self._leaving: set[str] = set()  # ids we drain or terminate (not failures)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -168,14 +170,22 @@ class ControlLoop:
         if run:
             self._run_task = asyncio.create_task(self._run())
 
+    def _seed(self, mc: ModelControl, at: int) -> None:
+        """``mc``'s history from second ``at`` on, its past the warm-start counts (if any) as
+        the seconds just before ``at``."""
+        past = np.asarray(self.warm_start.get(mc.model, np.zeros(0)), dtype=np.int64)
+        past = past[max(0, past.size - self.history_s):]
+        mc.hist_start, mc.history = at - past.size, past.copy()
+
     def begin(self, at_s: float | None = None) -> None:
         """Start stepping with the loop's clock reset to 0 at ``at_s`` (a whole second of the
         clock; default: the next one): a replay aligns the policy's time with its trace's
-        this way. Counts before it are forgotten; call after ``start(run=False)``."""
+        this way. Counts before it are forgotten (the warm-start counts stay its past); call
+        after ``start(run=False)``."""
         at = float(math.ceil(self.clock.now() if at_s is None else at_s))
         self.epoch = at
         for mc in self.models.values():
-            mc.hist_start, mc.history = int(at), np.zeros(0, dtype=np.int64)
+            self._seed(mc, int(at))
         if self._run_task is None:
             self._run_task = asyncio.create_task(self._run())
 
@@ -297,9 +307,7 @@ class ControlLoop:
         if complete is not None:  # the source fell behind (a store outage): wait for it
             upto = min(upto, complete)
         self._ingest(mc, math.floor(upto))
-        counts = self.warm_start.get(mc.model) if starting else None
-        if counts is None:
-            counts = mc.history
+        counts = mc.history  # the warm-start past, then what has arrived
         fleet = tuple(self._rel(i) for i in self.instances_of(mc.model) if i.state not in _LEAVING)
         snap = Snapshot(now, counts, fleet, mc.ctx.slo)
         record: dict[str, Any] = {"t": round(now, 3), "wall": time.time(), "model": mc.model,

@@ -1,0 +1,210 @@
+"""The twin check: one trace slice live through ``mark up`` and through ``mark simulate``.
+
+A 10-minute slice of the shipped Twitter trace (day 1 from minute 213 by default: it opens
+on a 4.5x burst), scaled to this machine, is replayed open loop through the cluster (in
+process, as ``mark up`` runs it: the front end, real Triton processes serving the
+``profiled`` Inception-v3 model with the profile's service times and spread, the control
+loop with the ``mark`` policy, spill to the local Lambda-compatible runtime on), and the same
+counts run through the simulator with the same profile, catalogue (the launch delay this
+deployment really has), SLO, policy and options. Neither world sees the slice before it
+happens: both policies' past is the 10 minutes before it (a separate warm-up slice), and the
+first step's launches are the starting fleet in both.
+
+Writes ``{"live": {...}, "sim": {...}, "ratio": {...}}``: each side with ``requests``,
+``p50_ms``, ``p98_ms``, ``slo_attainment``, ``spill_share``, ``cost_usd`` (and launches,
+lost, errors), and ``ratio`` = live / sim for ``p50``, ``p98``, ``cost`` and
+``spill_share``. The target is agreement within 10% on p50, p98 and cost.
+
+    .venv/bin/python bench/twin.py [--minutes 10] [--scale 0.15]
+        [--json bench/results/twin.json] [--png bench/results/twin.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from live_control import plot  # noqa: E402
+from scenarios import CPU_TYPES  # noqa: E402
+
+from mark.cluster import ClusterThread  # noqa: E402
+from mark.control import planning_catalogue  # noqa: E402
+from mark.core.config import (  # noqa: E402
+    ControlConfig,
+    FleetConfig,
+    FrontendConfig,
+    FunctionsConfig,
+    MarkConfig,
+    ModelConfig,
+)
+from mark.core.slo import Slo  # noqa: E402
+from mark.core.workload import load_trace  # noqa: E402
+from mark.core.workload.arrivals import spread_trace  # noqa: E402
+from mark.core.workload.traces import Trace  # noqa: E402
+from mark.loadgen import LoadClient  # noqa: E402
+from mark.sim import simulate  # noqa: E402
+
+MODEL = "incep"
+PROFILE = "inception-v3"
+SLO = Slo(500.0, 98.0)
+INTERVAL_S = 10.0
+WARMUP_MIN = 10
+TARGET = 0.10  # |live / sim - 1| on p50, p98 and cost
+
+
+def counts_of(start_min: int, minutes: int, scale: float, seed: int) -> np.ndarray:
+    """Per-second counts of the trace's minutes ``start_min`` .. + ``minutes``, scaled
+    (rounded stochastically, seeded)."""
+    c = load_trace("twitter-2021-08-week1").counts[start_min * 60:(start_min + minutes) * 60]
+    x = c.astype(np.float64) * scale
+    base = np.floor(x)
+    return (base + (np.random.default_rng(seed).random(x.size) < x - base)).astype(np.int64)
+
+
+def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
+    return MarkConfig(
+        models=[ModelConfig(name=MODEL, kind="profiled", profile=PROFILE, max_batch_size=16,
+                            slo_latency_ms=SLO.latency_ms, slo_percentile=SLO.percentile)],
+        fleet=FleetConfig(instances=0, launch_delay_s=launch_delay_s),
+        control=ControlConfig(interval_s=INTERVAL_S, types=list(CPU_TYPES)),
+        frontend=FrontendConfig(port=0, workers=1),
+        faas=FunctionsConfig(enabled=True, port=0),
+        runtime_dir=runtime,
+    )
+
+
+def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
+    """Replay ``counts`` through the cluster, its loop's past being ``history``."""
+    cluster = ClusterThread(cfg, warm_start={MODEL: history}, defer_loop=True)
+    try:
+        loop = cluster.cluster.control
+        assert loop is not None
+        arrivals = spread_trace(Trace(counts, 1), seed)
+
+        async def run() -> dict[str, Any]:
+            async with LoadClient(cluster.url, MODEL, timeout_s=60.0, pool=4096) as client:
+                # the replay's second 0 is the loop's: start both on the same whole second
+                at = float(np.ceil(loop.clock.now() + 0.5))
+                cluster.loop.call_soon_threadsafe(loop.begin, at)
+                await loop.clock.sleep_until(at)
+                res = await client.open_loop(arrivals)
+                cost = await client.cost_usd()  # the whole run's bill, starting fleet included
+            async with aiohttp.ClientSession() as s, \
+                    s.get(f"{cluster.url}/admin/decisions?since=0") as r:
+                decisions = await r.json()
+            lat = np.asarray(res.latencies_s)
+            met = int((lat <= SLO.latency_ms / 1000.0).sum())
+            pct = res.percentiles_ms()
+            return {
+                "requests": res.sent, "lost": res.lost, "errors": sum(res.errors.values()),
+                "p50_ms": round(pct["p50"], 2), "p98_ms": round(pct["p98"], 2),
+                "slo_attainment": met / res.sent if res.sent else 1.0,
+                "spill_share": res.spilled / res.sent if res.sent else 0.0,
+                "cost_usd": cost,
+                "missed_by_backend": res.missed(SLO.latency_ms / 1000.0),
+                "launches": sum(1 for d in decisions for e in d["events"]
+                                if e["event"] == "launched"),
+                "timeline": [{"t": d["t"], "forecast_rps": d["forecast_rps"],
+                              **{f"cap_{k}_rps": v for k, v in d["capacity_rps"].items()}}
+                             for d in decisions],
+            }
+
+        return asyncio.run(run())
+    finally:
+        cluster.stop()
+
+
+def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
+              seed: int) -> dict[str, Any]:
+    r = simulate(counts, "mark", profile=PROFILE, catalogue=planning_catalogue(cfg), slo=SLO,
+                 types=CPU_TYPES, seed=seed, history=history,
+                 policy_kw={"interval_s": INTERVAL_S})
+    doc = r.to_json()
+    tl = r.timeline or {}
+    return {
+        "requests": r.requests, "lost": 0, "errors": 0,
+        "p50_ms": round(float(r.latency_ms["p50"]), 2),
+        "p98_ms": round(float(r.latency_ms["p98"]), 2),
+        "slo_attainment": float(r.slo_attainment), "spill_share": float(doc["spill_share"]),
+        "cost_usd": float(r.cost_usd["total"]), "launches": int(doc["launches"]),
+        "cost_by_market_usd": {k: round(float(v), 6) for k, v in r.cost_usd.items()},
+        "faas": {k: doc[k] for k in ("faas_invocations", "faas_cold_starts", "faas_throttled",
+                                     "faas_max_concurrency") if k in doc},
+        "timeline": [{"t": float(t), "forecast_rps": float(f), "cap_on_demand_rps": float(od),
+                      "cap_spot_rps": float(sp)}
+                     for t, f, od, sp in zip(tl.get("t_s", []), tl.get("forecast_rps", []),
+                                             tl.get("cap_on_demand_rps", []),
+                                             tl.get("cap_spot_rps", []), strict=False)],
+    }
+
+
+def ratios(lv: dict[str, Any], sim: dict[str, Any]) -> dict[str, float | None]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b == 0 else round(a / b, 4)
+
+    return {"p50": ratio(lv["p50_ms"], sim["p50_ms"]), "p98": ratio(lv["p98_ms"], sim["p98_ms"]),
+            "cost": ratio(lv["cost_usd"], sim["cost_usd"]),
+            "spill_share": ratio(lv["spill_share"], sim["spill_share"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--start-min", type=int, default=213, help="minute of the trace to start")
+    ap.add_argument("--minutes", type=int, default=10, help="length of the slice")
+    ap.add_argument("--scale", type=float, default=0.15, help="multiplies the trace's rates")
+    ap.add_argument("--launch-delay", type=float, default=20.0, help="emulated boot (s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=str(REPO / "bench/results/twin.json"))
+    ap.add_argument("--png", default=str(REPO / "bench/results/twin.png"))
+    args = ap.parse_args()
+    if args.minutes < 1 or args.start_min < WARMUP_MIN:
+        ap.error(f"--minutes must be >= 1 and --start-min >= {WARMUP_MIN} (the warm-up slice)")
+    counts = counts_of(args.start_min, args.minutes, args.scale, args.seed)
+    history = counts_of(args.start_min - WARMUP_MIN, WARMUP_MIN, args.scale, args.seed + 1)
+    with tempfile.TemporaryDirectory(prefix="mark-twin-") as tmp:
+        cfg = config(Path(tmp), args.launch_delay)
+        t0 = time.perf_counter()
+        sim = simulated(counts, history, cfg, args.seed)
+        sim_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lv = live(counts, history, cfg, args.seed)
+        live_s = time.perf_counter() - t0
+    ratio = ratios(lv, sim)
+    within = {k: bool(v is not None and abs(v - 1.0) <= TARGET) for k, v in ratio.items()
+              if k in ("p50", "p98", "cost")}
+    out = {"slice": {"trace": "twitter-2021-08-week1", "start_min": args.start_min,
+                     "minutes": args.minutes, "warmup_min": WARMUP_MIN, "scale": args.scale,
+                     "requests": int(counts.sum()), "peak_rps": int(counts.max())},
+           "launch_delay_s": args.launch_delay, "policy": "mark (spill to FaaS on)",
+           "slo": {"latency_ms": SLO.latency_ms, "percentile": SLO.percentile},
+           "live": lv, "sim": sim, "ratio": ratio, "within_10pct": within,
+           "wall_s": {"live": round(live_s, 1), "sim": round(sim_s, 2)}}
+    print(f"{'world':6s} {'requests':>9s} {'p50 ms':>8s} {'p98 ms':>8s} {'SLO att':>8s} "
+          f"{'spill':>7s} {'cost $':>9s} {'launches':>8s} {'lost':>5s}")
+    for world in ("live", "sim"):
+        r = out[world]
+        cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        print(f"{world:6s} {r['requests']:9d} {r['p50_ms']:8.1f} {r['p98_ms']:8.1f} "
+              f"{r['slo_attainment']:8.2%} {r['spill_share']:7.3f} {cost:>9s} "
+              f"{r['launches']:8d} {r['lost']:5d}")
+    print("live / sim: " + "  ".join(f"{k} {v}" for k, v in ratio.items())
+          + f"  (within 10%: {within})")
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    plot(counts, {"live": lv, "simulated": sim}, Path(args.png))
+    print(f"wrote {args.json} and {args.png}")
+
+
+if __name__ == "__main__":
+    main()
