@@ -17,6 +17,11 @@ first request at ``a0`` and is dispatched at ``max(busy_until, a0 + max_queue_de
 as soon as it holds ``max_batch`` requests and the server is free; requests arriving before
 dispatch join it. Its members all finish at ``dispatch + service[batch size]``.
 
+Given ``batch_slot`` (an int32 array indexed by batch id), the serving passes record the slot
+of each batch they open: what an instance still holds at a time is then its batches
+completing after it (the simulator's spot reclaims lose exactly those, see
+:mod:`mark.sim.world`). Per instance, completions follow arrival order (FIFO).
+
 Spill test: a request whose predicted completion (server backlog, batch in flight, the
 batch it would join, profile) exceeds its instance's wait budget, or would push the oldest
 member of that batch past the budget, goes to FaaS instead.
@@ -122,7 +127,8 @@ def _serve(arr: np.ndarray, assign: np.ndarray, svc: np.ndarray, max_batch: np.n
            delay: np.ndarray, budget: np.ndarray, fstate: np.ndarray, istate: np.ndarray,
            batch_done: np.ndarray, batch_size: np.ndarray, next_bid: int, out_bid: np.ndarray,
            busy_acc: np.ndarray, sigma: float, seed: int, ring_t: np.ndarray,
-           ring_d: np.ndarray, ring_p: np.ndarray) -> int:
+           ring_d: np.ndarray, ring_p: np.ndarray, batch_slot: np.ndarray,
+           track: bool) -> int:
     spread = sigma > 0.0
     r = ring_t.shape[1]
     n = arr.shape[0]
@@ -199,6 +205,8 @@ def _serve(arr: np.ndarray, assign: np.ndarray, svc: np.ndarray, max_batch: np.n
             bid = next_bid
             next_bid += 1
             out_bid[i] = bid
+            if track:
+                batch_slot[bid] = k
             if mb == 1:
                 disp = max(busy, t)
                 s = svc[k, 1]
@@ -231,13 +239,18 @@ def serve_segment(
     next_bid: int,  # next free global batch id
     out_bid: np.ndarray,  # int64 per request: batch id, or -1 when spilled
     busy_acc: np.ndarray,  # float64 [slots] busy seconds accumulated (utilisation)
+    batch_slot: np.ndarray | None = None,  # int32 per batch id: its instance slot (if given)
 ) -> int:
     """Serve one segment with service times exactly the profiled ones (the prediction is
     exact); returns the next free batch id."""
     none = np.zeros((1, 1))
+    if batch_slot is None:
+        return _serve(arr, assign, svc, max_batch, delay, budget, fstate, istate, batch_done,
+                      batch_size, next_bid, out_bid, busy_acc, 0.0, 0, none, none,
+                      np.zeros((1, 2), dtype=np.int64), np.zeros(1, dtype=np.int32), False)
     return _serve(arr, assign, svc, max_batch, delay, budget, fstate, istate, batch_done,
                   batch_size, next_bid, out_bid, busy_acc, 0.0, 0, none, none,
-                  np.zeros((1, 2), dtype=np.int64))
+                  np.zeros((1, 2), dtype=np.int64), batch_slot, True)
 
 
 @njit(cache=True, nogil=True)
@@ -251,11 +264,17 @@ def serve_segment_spread(
     ring_t: np.ndarray,  # float64 [slots, RING] completion of each outstanding batch
     ring_d: np.ndarray,  # float64 [slots, RING] its actual - mean service
     ring_p: np.ndarray,  # int64 [slots, 2] R_HEAD, R_LEN
+    batch_slot: np.ndarray | None = None,  # as for serve_segment
 ) -> int:
     """:func:`serve_segment` with service times that vary around the profiled means, which
     the spill test predicts with (see the module docstring)."""
+    if batch_slot is None:
+        return _serve(arr, assign, svc, max_batch, delay, budget, fstate, istate, batch_done,
+                      batch_size, next_bid, out_bid, busy_acc, sigma, seed, ring_t, ring_d,
+                      ring_p, np.zeros(1, dtype=np.int32), False)
     return _serve(arr, assign, svc, max_batch, delay, budget, fstate, istate, batch_done,
-                  batch_size, next_bid, out_bid, busy_acc, sigma, seed, ring_t, ring_d, ring_p)
+                  batch_size, next_bid, out_bid, busy_acc, sigma, seed, ring_t, ring_d, ring_p,
+                  batch_slot, True)
 
 
 @njit(cache=True, nogil=True)

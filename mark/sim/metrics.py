@@ -10,7 +10,10 @@
 least any plan meeting the SLO can cost; null where nothing serves within the bound).
 
 Requests that found no instance under a policy without spill count as failed: infinite
-latency, never within the SLO.
+latency, never within the SLO. So do those a spot reclaim lost that the front end could not
+re-send (:mod:`mark.sim.world`); the counters ``reclaim_lost`` (requests reclaimed instances
+held), ``reclaim_retried`` (re-sent to another instance), ``reclaim_spilled`` (sent to FaaS,
+reaching it at the reclaim) and ``reclaim_failed`` (in ``failed`` too) say what became of them.
 """
 
 from __future__ import annotations
@@ -68,10 +71,11 @@ class SimResult:
         }
 
 
-def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dict[str, float]]:
-    """Serve spilled requests on Lambda; returns latencies, cost and counters."""
-    lat = np.zeros(spilled_idx.size)
-    if spilled_idx.size == 0 or not world.faas_changes:
+def _faas(world: World, at: np.ndarray) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Serve spilled requests reaching Lambda at ``at`` (sorted); returns their latencies
+    from then, cost and counters."""
+    lat = np.zeros(at.size)
+    if at.size == 0 or not world.faas_changes:
         return lat, 0.0, {"faas_invocations": 0, "faas_cold_starts": 0, "faas_throttled": 0,
                           "faas_max_concurrency": 0}
     spec = world.cat.lambda_
@@ -98,7 +102,7 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
         pw[k:] = f.provisioned
     stats = np.zeros(5)
     queueing.serve_faas(
-        np.ascontiguousarray(world.arr[spilled_idx]), float(step), pb, pt, pm, pw,
+        np.ascontiguousarray(at), float(step), pb, pt, pm, pw,
         np.array(mems, dtype=np.float64), svc, spec.cold_start_s, spec.keep_alive_s,
         spec.concurrency_limit, spec.scaling_per_s, float(spec.scaling_per_10s),
         spec.init_billed, spec.billing_granularity_ms, lat, stats,
@@ -106,6 +110,29 @@ def _faas(world: World, spilled_idx: np.ndarray) -> tuple[np.ndarray, float, dic
     cost = stats[0] / 1000.0 / 1024.0 * spec.usd_per_gb_s + stats[1] * spec.usd_per_request
     return lat, float(cost), {"faas_invocations": int(stats[1]), "faas_cold_starts": int(stats[2]),
                               "faas_throttled": int(stats[3]), "faas_max_concurrency": int(stats[4])}
+
+
+def _faas_spilled(world: World, sp_idx: np.ndarray
+                  ) -> tuple[np.ndarray, float, dict[str, float]]:
+    """:func:`_faas` of the spilled requests ``sp_idx``, latencies from their arrivals: those
+    a reclaim sent there reach FaaS at the reclaim (:mod:`mark.sim.world`), the rest at
+    their arrival."""
+    at = world.arr[sp_idx]
+    if world.resent_idx and sp_idx.size:
+        ri = np.concatenate(world.resent_idx)  # each index at most once
+        rt = np.concatenate(world.resent_at)
+        pos = np.searchsorted(sp_idx, ri)
+        ok = pos < sp_idx.size
+        ok[ok] = sp_idx[pos[ok]] == ri[ok]
+        if ok.any():
+            late = at.copy()
+            late[pos[ok]] = rt[ok]
+            order = np.argsort(late, kind="stable")
+            lat_sorted, cost, stats = _faas(world, late[order])
+            lat = np.empty_like(lat_sorted)
+            lat[order] = lat_sorted
+            return lat + (late - at), cost, stats
+    return _faas(world, at)
 
 
 def provisioned_cost_usd(world: World) -> float:
@@ -134,7 +161,7 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     lat[iaas] = world.batch_done[bid[iaas]] - arr[iaas]
     spilled = ~iaas & ~world.failed
     sp_idx = np.flatnonzero(spilled)
-    flat, faas_cost, faas_stats = _faas(world, sp_idx)
+    flat, faas_cost, faas_stats = _faas_spilled(world, sp_idx)
     prov = provisioned_cost_usd(world)
     faas_cost += prov
     lat[sp_idx] = flat
@@ -142,7 +169,9 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     slo = world.ctx.slo
     att = float(np.mean(lat <= slo.latency_s)) if n else 1.0
     if n:
-        q = np.percentile(lat, [50, 98, 99])
+        # failed requests are infinitely late: no interpolation across them (inf - inf)
+        q = np.percentile(lat, [50, 98, 99],
+                          method="higher" if world.failed.any() else "linear")
         lat_ms = {"p50": q[0] * 1000, "p98": q[1] * 1000, "p99": q[2] * 1000}
     else:
         lat_ms = {"p50": 0.0, "p98": 0.0, "p99": 0.0}
@@ -169,6 +198,7 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
         "churn_instance_minutes": round(churn_s / 60.0, 2),
         "spot_interruptions": world.n_interruptions,
         "failed": int(world.failed.sum()),
+        **world.reclaim,
         "slo_ms": slo.latency_ms,
         "service_cv": world.service_cv,
         "slo_percentile": slo.percentile,

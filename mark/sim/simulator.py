@@ -3,14 +3,16 @@
 :func:`simulate` replays per-second arrival counts (spread uniformly and seeded within each
 second) against a provisioning policy. The event core (:mod:`mark.sim.core`) carries policy
 ticks, instances becoming ready after their launch delay, spot interruption notices (2
-minutes before the reclaim) and reclaims. Before any event changes the fleet, the requests
-that arrived since the previous one are routed by :class:`frontend.routing.WeightedRoundRobin`
-(one schedule per fleet, weights = capacities in requests/s, tiled with numpy) and served by
-:func:`mark.core.queueing.serve_segment` (Triton dynamic batching, spill test). Spilled
-requests are served at the end by :func:`mark.core.queueing.serve_faas` (buffer, cold starts,
-concurrency limit, per-ms billing), which is exact because FaaS does not feed back into the
-fleet. Billing follows :mod:`mark.core.billing`. Instance service times vary around the
-profile's means (its ``service_cv``) while spill predicts with the means, as live.
+minutes before the reclaim) and reclaims (a reclaimed instance loses what it holds, re-sent
+as the front end re-sends it: :mod:`mark.sim.world`). Before any event changes the fleet,
+the requests that arrived since the previous one are routed by
+:class:`frontend.routing.WeightedRoundRobin` (one schedule per fleet, weights = capacities
+in requests/s, tiled with numpy) and served by :func:`mark.core.queueing.serve_segment`
+(Triton dynamic batching, spill test). Spilled requests are served at the end by
+:func:`mark.core.queueing.serve_faas` (buffer, cold starts, concurrency limit, per-ms
+billing), which is exact because FaaS does not feed back into the fleet. Billing follows
+:mod:`mark.core.billing`. Instance service times vary around the profile's means (its
+``service_cv``) while spill predicts with the means, as live.
 
 The service is assumed running at t=0: what the policy's first decision launches is ready
 at once. It does not see the future: its past before t=0 is a separate warm-up slice

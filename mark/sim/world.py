@@ -8,6 +8,16 @@ numpy) and served by
 :func:`mark.core.queueing.serve_segment` (Triton dynamic batching, spill test). The event
 core (:mod:`mark.sim.core`) carries policy ticks, instances becoming ready after their launch
 delay, spot interruption notices (2 minutes before the reclaim) and reclaims.
+
+A policy's termination drains: the instance finishes what it holds. A reclaim kills it, as
+live: every request it holds then (assigned to it, completing after the reclaim) is lost to
+it, and the front end re-sends it at the reclaim time as its ``infer`` loop does after a
+connection error: once, to the instance WRR picks next among those left, through that
+instance's spill test (the retry is admitted as a request arriving then); with no instance
+left it goes to FaaS where the plan spills and fails otherwise. A request lost a second
+time (its retry's instance reclaimed too) fails: the front end retries only once. A request
+spilled so reaches FaaS at the reclaim time (its latency counts from its arrival). Counters:
+``reclaim_lost``, ``reclaim_retried``, ``reclaim_spilled``, ``reclaim_failed``.
 """
 
 from __future__ import annotations
@@ -81,6 +91,7 @@ class World:
         self.failed = np.zeros(n, dtype=np.bool_)
         self.batch_done = np.zeros(n + 1)
         self.batch_size = np.zeros(n + 1, dtype=np.int32)
+        self.batch_slot = np.zeros(n + 1, dtype=np.int32)  # slot of each batch (reclaims)
         self.next_bid = 0
         self.cursor = 0
         self.maxb = max(p.max_batch for p in ctx.profile.instances.values())
@@ -103,6 +114,13 @@ class World:
         }
         self.n_interruptions = 0
         self.n_launches = 0
+        # requests re-sent after a reclaim: their indices and the time they were re-sent
+        # (their arrival at FaaS if they spill); a re-sent one lost again fails
+        self.resent_idx: list[np.ndarray] = []
+        self.resent_at: list[np.ndarray] = []
+        self._in_retry = np.empty(0, dtype=np.int64)  # re-sent, maybe still held somewhere
+        self.reclaim = {"reclaim_lost": 0, "reclaim_retried": 0, "reclaim_spilled": 0,
+                        "reclaim_failed": 0}
 
     # ---- per-slot arrays -------------------------------------------------------------
     svc: np.ndarray
@@ -145,40 +163,128 @@ class World:
         i0 = self.cursor
         if i1 <= i0:
             return
-        n = i1 - i0
-        if self.pattern.size:
-            # WRR over types (the pattern, tiled), round robin over each type's instances
-            # (every one of them, however many: a pattern of slots would reach only the
-            # first PATTERN_LEN of a fleet of thousands)
-            idx = (np.arange(n) + self.pat_pos) % self.pattern.size
-            codes = self.pattern[idx]
-            self.pat_pos = (self.pat_pos + n) % self.pattern.size
-            assign = np.empty(n, dtype=np.int32)
-            for code, (t, slots) in enumerate(self._groups):
-                pos = np.flatnonzero(codes == code) if len(self._groups) > 1 else None
-                k = n if pos is None else pos.size
-                if k == 0:
-                    continue
-                at = self._rr.get(t, 0) % slots.size
-                pick = slots[(at + np.arange(k)) % slots.size]
-                if pos is None:
-                    assign[:] = pick
-                else:
-                    assign[pos] = pick
-                self._rr[t] = (at + k) % slots.size
-        else:
-            assign = np.full(n, -1, dtype=np.int32)
+        assign = self._route(i1 - i0)
+        if assign is None:
+            assign = np.full(i1 - i0, -1, dtype=np.int32)
             if self.plan is None or not self.plan.spill:
                 self.failed[i0:i1] = True
-        args = (self.arr[i0:i1], assign, self.svc, self.mb, self.delay, self.budget,
-                self.fstate, self.istate, self.batch_done, self.batch_size, self.next_bid,
-                self.out_bid[i0:i1], self.busy)
+        self._serve(self.arr[i0:i1], assign, self.out_bid[i0:i1])
+        self.cursor = i1
+
+    def _route(self, n: int) -> np.ndarray | None:
+        """The slots of the next ``n`` requests (None: no instance serves)."""
+        if not self.pattern.size:
+            return None
+        # WRR over types (the pattern, tiled), round robin over each type's instances
+        # (every one of them, however many: a pattern of slots would reach only the
+        # first PATTERN_LEN of a fleet of thousands)
+        idx = (np.arange(n) + self.pat_pos) % self.pattern.size
+        codes = self.pattern[idx]
+        self.pat_pos = (self.pat_pos + n) % self.pattern.size
+        assign = np.empty(n, dtype=np.int32)
+        for code, (t, slots) in enumerate(self._groups):
+            pos = np.flatnonzero(codes == code) if len(self._groups) > 1 else None
+            k = n if pos is None else pos.size
+            if k == 0:
+                continue
+            at = self._rr.get(t, 0) % slots.size
+            pick = slots[(at + np.arange(k)) % slots.size]
+            if pos is None:
+                assign[:] = pick
+            else:
+                assign[pos] = pick
+            self._rr[t] = (at + k) % slots.size
+        return assign
+
+    def _serve(self, arr: np.ndarray, assign: np.ndarray, out_bid: np.ndarray) -> None:
+        args = (arr, assign, self.svc, self.mb, self.delay, self.budget, self.fstate,
+                self.istate, self.batch_done, self.batch_size, self.next_bid, out_bid,
+                self.busy)
         if self.sigma > 0:  # actual service times vary; spill predicts with the means
             self.next_bid = queueing.serve_segment_spread(
-                *args, self.sigma, self.seed, self.ring_t, self.ring_d, self.ring_p)
+                *args, self.sigma, self.seed, self.ring_t, self.ring_d, self.ring_p,
+                self.batch_slot)
         else:
-            self.next_bid = queueing.serve_segment(*args)
-        self.cursor = i1
+            self.next_bid = queueing.serve_segment(*args, self.batch_slot)
+
+    # ---- reclaims --------------------------------------------------------------------
+    def _held(self, slot: int, t: float, since_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (sorted) of the requests instance ``slot`` holds at ``t`` (served by it:
+        its batches, ``batch_slot``; completing after ``t``; it serves since ``since_s``),
+        and those of them that are retries already.
+
+        Scans back from the last request routed, in growing chunks, until one it served
+        completes by ``t``: it serves in arrival order, so every earlier one did too. Retries
+        (re-sent at an earlier reclaim, out of that order) are checked apart."""
+        lo = int(np.searchsorted(self.arr, since_s, side="left"))
+        hi = self.cursor
+        parts: list[np.ndarray] = []
+        again = np.empty(0, dtype=np.int64)
+        step = 4096
+        while hi > lo:
+            a = max(lo, hi - step)
+            ob = self.out_bid[a:hi]
+            pos = np.flatnonzero(ob >= 0)
+            b = ob[pos]
+            on = self.batch_slot[b] == slot
+            late = self.batch_done[b[on]] > t
+            parts.append(a + pos[on][late])
+            if not late.all():
+                break
+            hi = a
+            step *= 2
+        if self._in_retry.size:
+            ob = self.out_bid[self._in_retry]
+            b = np.maximum(ob, 0)
+            done = self.batch_done[b]
+            mine = (ob >= 0) & (self.batch_slot[b] == slot) & (done > t)
+            again = self._in_retry[mine]
+            parts.append(again)
+            # keep those still out somewhere (an open batch has no completion yet: 0)
+            self._in_retry = self._in_retry[(ob >= 0) & ~mine & ((done == 0.0) | (done > t))]
+        if not parts:
+            return np.empty(0, dtype=np.int64), again
+        return np.unique(np.concatenate(parts)), again
+
+    def _reclaimed(self, inst: SimInstance, t: float) -> None:
+        """``inst`` was reclaimed at ``t`` (already out of the routing): what it held is
+        lost to it and re-sent as the front end re-sends it (see the module docstring)."""
+        held, twice = self._held(inst.slot, t, inst.launched_at_s)
+        if held.size == 0:
+            return
+        rc = self.reclaim
+        rc["reclaim_lost"] += held.size
+        self.out_bid[held] = -1
+        if twice.size:  # retried once already: the front end gives up (502), FaaS or not
+            self.failed[twice] = True
+            rc["reclaim_failed"] += twice.size
+            held = held[~np.isin(held, twice)]
+            if held.size == 0:
+                return
+        m = held.size
+        self.resent_idx.append(held)
+        self.resent_at.append(np.full(m, t))
+        assign = self._route(m)
+        if assign is None:  # nowhere to retry: FaaS where the plan spills, else it fails
+            if self.plan is not None and self.plan.spill:
+                rc["reclaim_spilled"] += m
+            else:
+                self.failed[held] = True
+                rc["reclaim_failed"] += m
+            return
+        need = self.next_bid + m + (self.arr.size - self.cursor) + 1
+        if need > self.batch_done.size:  # every retry may open a batch of its own
+            grow = need - self.batch_done.size
+            self.batch_done = np.concatenate((self.batch_done, np.zeros(grow)))
+            self.batch_size = np.concatenate((self.batch_size, np.zeros(grow, np.int32)))
+            self.batch_slot = np.concatenate((self.batch_slot, np.zeros(grow, np.int32)))
+        ob = np.full(m, -1, dtype=np.int64)
+        self._serve(np.full(m, t), assign, ob)  # arriving now, through the spill test
+        self.out_bid[held] = ob
+        kept = int((ob >= 0).sum())
+        rc["reclaim_retried"] += kept
+        rc["reclaim_spilled"] += m - kept  # the spill test sent them on to FaaS
+        self._in_retry = np.concatenate((self._in_retry, held[ob >= 0]))
 
     def _stride_picks(self, weights: dict[str, float], n: int) -> np.ndarray:
         """The next ``n`` picks of :class:`~frontend.routing.WeightedRoundRobin` over
@@ -309,7 +415,8 @@ class World:
         was_serving = inst.serving
         inst.state = InstanceState.TERMINATED
         self._serving.get(inst.instance_type, set()).discard(inst.slot)
-        # a terminated instance finishes its queue (drain); a reclaimed one is simply gone
+        # a terminated instance finishes its queue (drain); a reclaimed one is gone with what
+        # it held, which the front end re-sends (_reclaimed)
         inst.ended_at_s = self.env.now if reclaimed else max(self.env.now, busy_until)
         for ev in inst.events:
             self.env.cancel(ev)
@@ -318,6 +425,8 @@ class World:
             self.n_interruptions += 1
         if was_serving:
             self._reroute()
+            if reclaimed:
+                self._reclaimed(inst, self.env.now)
 
     def _apply(self, dec: Decision) -> None:
         now = self.env.now
