@@ -99,6 +99,7 @@ def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) ->
                 at = float(np.ceil(loop.clock.now() + 0.5))
                 cluster.loop.call_soon_threadsafe(loop.begin, at)
                 await loop.clock.sleep_until(at)
+                t0 = time.perf_counter()
                 res = await client.open_loop(arrivals)
                 cost = await client.cost_usd()  # the whole run's bill, starting fleet included
             async with aiohttp.ClientSession() as s, \
@@ -114,6 +115,7 @@ def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) ->
                 "spill_share": res.spilled / res.sent if res.sent else 0.0,
                 "cost_usd": cost,
                 "missed_by_backend": res.missed(SLO.latency_ms / 1000.0),
+                "front_end_misses_by_minute": misses_by_minute(cluster, t0),
                 "launches": sum(1 for d in decisions for e in d["events"]
                                 if e["event"] == "launched"),
                 "timeline": [{"t": d["t"], "forecast_rps": d["forecast_rps"],
@@ -126,6 +128,18 @@ def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) ->
         cluster.stop()
 
 
+def misses_by_minute(cluster: ClusterThread, t0: float) -> dict[str, dict[str, int]]:
+    """Requests the front end answered later than the SLO (its own time: queue + upstream),
+    by minute of the replay and backend, from its timing log."""
+    out: dict[str, dict[str, int]] = {}
+    slo_s = SLO.latency_ms / 1000.0
+    for r in cluster.cluster.front.timings.records:
+        if r.queued_s + r.upstream_s > slo_s:
+            m = out.setdefault(str(int((r.arrival_s - t0) // 60)), {})
+            m[r.backend] = m.get(r.backend, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
 def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
               seed: int) -> dict[str, Any]:
     r = simulate(counts, "mark", profile=PROFILE, catalogue=planning_catalogue(cfg), slo=SLO,
@@ -133,6 +147,13 @@ def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
                  policy_kw={"interval_s": INTERVAL_S})
     doc = r.to_json()
     tl = r.timeline or {}
+    second = np.repeat(np.arange(counts.size), counts)  # requests in arrival order
+    late = r.latencies_s > SLO.latency_ms / 1000.0
+    misses: dict[str, dict[str, int]] = {}
+    for minute, spilled in zip(second[late] // 60, r.spilled[late], strict=True):
+        m = misses.setdefault(str(int(minute)), {})
+        key = "faas" if spilled else "iaas"
+        m[key] = m.get(key, 0) + 1
     return {
         "requests": r.requests, "lost": 0, "errors": 0,
         "p50_ms": round(float(r.latency_ms["p50"]), 2),
@@ -140,6 +161,7 @@ def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
         "slo_attainment": float(r.slo_attainment), "spill_share": float(doc["spill_share"]),
         "cost_usd": float(r.cost_usd["total"]), "launches": int(doc["launches"]),
         "cost_by_market_usd": {k: round(float(v), 6) for k, v in r.cost_usd.items()},
+        "misses_by_minute": misses,
         "faas": {k: doc[k] for k in ("faas_invocations", "faas_cold_starts", "faas_throttled",
                                      "faas_max_concurrency") if k in doc},
         "timeline": [{"t": float(t), "forecast_rps": float(f), "cap_on_demand_rps": float(od),

@@ -45,16 +45,11 @@ _FWD_REQ = ("content-type", "inference-header-content-length", "content-encoding
 _FWD_RESP = ("content-type", "inference-header-content-length", "content-encoding")
 _FWD_RESP_BYTES = {k: k.encode() for k in _FWD_RESP}
 
-# Connection timeouts (s), set on every front-end app by create_app (candidates for
-# frontend.* configuration fields). A whole request, head and body, must arrive within
-# REQUEST_TIMEOUT_S of its first byte (FrontendProtocol: Sanic's own timer restarts on every
-# byte, so a client sending a byte a second would hold its connection for ever); an idle
-# keep-alive connection is closed after KEEP_ALIVE_TIMEOUT_S; a handler and its reply get
-# at least RESPONSE_TIMEOUT_S, and always the longest inference deadline plus a margin.
-REQUEST_TIMEOUT_S = 30.0
-KEEP_ALIVE_TIMEOUT_S = 30.0
-RESPONSE_TIMEOUT_S = 60.0
-LISTEN_BACKLOG = 1024  # connections the kernel queues before the front end accepts them
+# Connection timeouts are frontend.* configuration (request_timeout_s, keep_alive_timeout_s,
+# response_timeout_s, listen_backlog), set on every front-end app by create_app. A whole
+# request, head and body, must arrive within the request timeout of its first byte
+# (FrontendProtocol: Sanic's own timer restarts on every byte, so a client sending a byte a
+# second would hold its connection for ever).
 _DRAIN_GRACE_S = 1.0  # after a 408, how long the rest of a late body may still come (s)
 
 
@@ -473,7 +468,8 @@ class FrontendProtocol(HttpProtocol):
 
 class FrontendSanic(Sanic[Any, Any]):
     """A Sanic app whose servers use :class:`FrontendProtocol` and a listen backlog of
-    :data:`LISTEN_BACKLOG` unless told otherwise.
+    ``ctx.listen_backlog`` (``frontend.listen_backlog``, set by :func:`create_app`) unless told
+    otherwise.
 
     The backlog matters even on a socket listening already: asyncio listens on it again with
     the server's backlog, Sanic's default 100, and past that a burst of new connections
@@ -483,23 +479,24 @@ class FrontendSanic(Sanic[Any, Any]):
     async def create_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("protocol") is None:
             kwargs["protocol"] = FrontendProtocol
-        kwargs.setdefault("backlog", LISTEN_BACKLOG)
+        kwargs.setdefault("backlog", getattr(self.ctx, "listen_backlog", 1024))
         return await super().create_server(*args, **kwargs)
 
 
 def create_app(front: FrontEnd, name: str | None = None) -> Sanic[Any, Any]:
     """The Sanic app with the v2 route table in one place."""
     # Sanic's loggers go through the root logger (mark.core.logs), not handlers of their own
-    app: Sanic[Any, Any] = FrontendSanic(name or f"mark_frontend_{next(_app_ids)}",
-                                         configure_logging=False)
+    app = FrontendSanic(name or f"mark_frontend_{next(_app_ids)}", configure_logging=False)
     fcfg = front.cfg.frontend
+    app.ctx.listen_backlog = fcfg.listen_backlog
     app.config.REQUEST_MAX_SIZE = fcfg.max_body_bytes
     app.config.MOTD = False
     app.config.ACCESS_LOG = False
-    app.config.REQUEST_TIMEOUT = REQUEST_TIMEOUT_S
-    app.config.KEEP_ALIVE_TIMEOUT = KEEP_ALIVE_TIMEOUT_S
+    app.config.REQUEST_TIMEOUT = fcfg.request_timeout_s
+    app.config.KEEP_ALIVE_TIMEOUT = fcfg.keep_alive_timeout_s
     # past it Sanic answers 503 itself: never before an inference's own deadline (504)
-    app.config.RESPONSE_TIMEOUT = max(RESPONSE_TIMEOUT_S, fcfg.attempt_timeout_ceiling_s + 10,
+    app.config.RESPONSE_TIMEOUT = max(fcfg.response_timeout_s,
+                                      fcfg.attempt_timeout_ceiling_s + 10,
                                       fcfg.upstream_timeout_s + 10)
     # Sanic's touchup rewrites its request path once per process (dropping unused signal
     # dispatch); a second app in the same process (tests) breaks under it, so only the first

@@ -1,7 +1,7 @@
 """Slow and abusive clients: the front end closes them on its timeouts and keeps serving.
 
-One front end (one process, so its app's timeouts are this test's: ``create_app`` takes them
-from the ``frontend.app`` constants, patched short while the cluster starts) over a real
+One front end (one process, its timeouts this test's short ``frontend.request_timeout_s``
+and ``keep_alive_timeout_s``) over a real
 Triton instance of the ``identity`` model. Against it: request heads that never finish (a
 byte every 0.2 s), bodies sent a byte every 0.2 s (to a real route and to one that answers
 404 before the body is in), and a couple of thousand idle connections, fresh and kept alive
@@ -47,13 +47,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]
         models=[ModelConfig(name="identity", kind="identity")],
         control=ControlConfig(enabled=False),
         fleet=FleetConfig(instances=1),
-        frontend=FrontendConfig(port=0, workers=1),
+        frontend=FrontendConfig(port=0, workers=1, request_timeout_s=REQUEST_S,
+                                keep_alive_timeout_s=KEEP_ALIVE_S),
         runtime_dir=tmp_path_factory.mktemp("abusive"),
     )
-    with pytest.MonkeyPatch.context() as mp:  # what create_app reads
-        mp.setattr(app_module, "REQUEST_TIMEOUT_S", REQUEST_S)
-        mp.setattr(app_module, "KEEP_ALIVE_TIMEOUT_S", KEEP_ALIVE_S)
-        c = ClusterThread(cfg)
+    c = ClusterThread(cfg)
     yield c
     c.stop()
 
@@ -65,8 +63,9 @@ def test_create_app_sets_the_timeouts(cluster: ClusterThread) -> None:
     # Sanic's own 503 never comes before an inference's deadline (504, the front end's)
     assert fcfg.attempt_timeout_ceiling_s < config.RESPONSE_TIMEOUT
     # the defaults: a slow client is cut within a minute, an idle one too
-    assert 0 < app_module.REQUEST_TIMEOUT_S <= 60
-    assert 0 < app_module.KEEP_ALIVE_TIMEOUT_S <= 60
+    defaults = FrontendConfig()
+    assert 0 < defaults.request_timeout_s <= 60 and 0 < defaults.keep_alive_timeout_s <= 60
+    assert cluster.cluster._server.app.ctx.listen_backlog == fcfg.listen_backlog >= 1024
 
 
 def _address(c: ClusterThread) -> tuple[str, int]:

@@ -442,3 +442,22 @@ def test_begin_aligns_the_loops_clock_with_a_replay() -> None:
     assert [s["t"] for s in rec.steps] == [10.0, 20.0, 30.0]
     assert [s["n_counts"] for s in rec.steps] == [10, 20, 30]  # counts from second 50 on
     assert all(d["forecast_rps"] and d["forecast_rps"] > 20 for d in loop.decisions)
+
+
+def test_the_plan_knows_the_deployments_own_faas() -> None:
+    """Planned locally, FaaS is the local runtime's (its cold start, keep-alive and
+    concurrency), not Lambda's; with a real Lambda endpoint, or on AWS, it is Lambda's."""
+    from mark.control.planning import LOCAL_COLD_START_S, planning_catalogue
+    from mark.core.catalogue import load_catalogue
+    from mark.core.config import FleetConfig, FunctionsConfig, MarkConfig
+
+    lam = load_catalogue().lambda_
+    local = planning_catalogue(MarkConfig(faas=FunctionsConfig(concurrency=8, keep_alive_s=60)))
+    assert (local.lambda_.cold_start_s, local.lambda_.keep_alive_s,
+            local.lambda_.concurrency_limit) == (LOCAL_COLD_START_S, 60.0, 8)
+    assert lam.cold_start_s > LOCAL_COLD_START_S and lam.concurrency_limit > 8
+    remote = planning_catalogue(MarkConfig(faas=FunctionsConfig(
+        endpoint_url="http://lambda.example:9001", concurrency=8)))
+    assert remote.lambda_ == lam
+    aws = planning_catalogue(MarkConfig(fleet=FleetConfig(backend="aws")))
+    assert aws.lambda_ == lam

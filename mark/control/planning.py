@@ -33,21 +33,32 @@ from provisioner.serving import default_serving_plan
 #: Seconds Triton with the Python backend takes to load a model here: the shortest launch
 #: delay the local backend can have.
 TRITON_START_S = 3.0
+#: Seconds the local function runtime takes to start a sandbox of a model here (a worker
+#: process and the model's load; ~0.22 s measured for the profiled model): its cold start.
+LOCAL_COLD_START_S = 0.25
 #: Backends that emulate the cloud's boot on this machine.
 EMULATING_BACKENDS = frozenset({"local", "fake"})
 _FUTURE = frozenset({"hindsight", "oracle"})
 
 
 def planning_catalogue(cfg: MarkConfig, catalogue: Catalogue | None = None) -> Catalogue:
-    """The catalogue with the launch delays this deployment really has."""
+    """The catalogue with the launch delays this deployment really has, and, where its
+    functions run in the local runtime, that runtime's FaaS: its cold start, keep-alive and
+    concurrency limit instead of Lambda's."""
     cat = catalogue or load_catalogue()
     if cfg.fleet.backend not in EMULATING_BACKENDS:
         return cat
     delay = cfg.fleet.launch_delay_s
     if cfg.fleet.backend == "local":
         delay = max(delay, TRITON_START_S)
-    return replace(cat, instances={n: replace(t, launch_delay_s=delay)
-                                   for n, t in cat.instances.items()})
+    cat = replace(cat, instances={n: replace(t, launch_delay_s=delay)
+                                  for n, t in cat.instances.items()})
+    if cfg.faas.enabled and cfg.faas.endpoint_url is None:  # the local runtime
+        f = cfg.faas
+        cat = replace(cat, lambda_=replace(cat.lambda_, cold_start_s=LOCAL_COLD_START_S,
+                                           keep_alive_s=f.keep_alive_s,
+                                           concurrency_limit=f.concurrency))
+    return cat
 
 
 def model_profile(model: ModelConfig, catalogue: Catalogue,

@@ -175,6 +175,22 @@ class FrontendConfig(_Strict):
         description="hard cap on connections open to one instance, busy or idle (connections); "
         "requests beyond it wait, first come first served, within their deadline (else 504)",
     )
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request's head and body must arrive within this of "
+        "its first byte, else 408 and the connection closes (s): a client sending a byte a "
+        "second cannot hold a connection",
+    )
+    keep_alive_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="an idle keep-alive connection is closed after (s)",
+    )
+    response_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="least time a handler and its reply get before Sanic "
+        "answers 503 itself (s); always at least the longest inference deadline plus 10 s",
+    )
+    listen_backlog: int = Field(
+        1024, ge=1, le=65535, description="connections the kernel queues before the front end "
+        "accepts them (connections): past it a burst of new connections loses handshakes",
+    )
     spill_margin_ms: float = Field(
         60.0, ge=0, description="kept back from a type's wait budget when the front end "
         "predicts a request's completion at an instance (ms): the HTTP hops and Triton's own "
