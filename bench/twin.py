@@ -102,9 +102,17 @@ def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) ->
                 t0 = time.perf_counter()
                 res = await client.open_loop(arrivals)
                 cost = await client.cost_usd()  # the whole run's bill, starting fleet included
-            async with aiohttp.ClientSession() as s, \
-                    s.get(f"{cluster.url}/admin/decisions?since=0") as r:
-                decisions = await r.json()
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{cluster.url}/admin/decisions?since=0") as r:
+                    decisions = await r.json()
+                runtime = cluster.cluster.runtime
+                faas: dict[str, Any] = {}
+                if runtime is not None:
+                    async with s.get(f"{runtime.url}/mark/stats") as r:
+                        fn = (await r.json()).get(f"mark-{MODEL}", {})
+                    faas = {k: fn.get(k) for k in ("invocations", "cold_starts", "throttles")}
+                    if fn.get("cold_starts"):
+                        faas["mean_init_ms"] = round(fn["init_ms"] / fn["cold_starts"], 1)
             lat = np.asarray(res.latencies_s)
             met = int((lat <= SLO.latency_ms / 1000.0).sum())
             pct = res.percentiles_ms()
@@ -116,6 +124,7 @@ def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) ->
                 "cost_usd": cost,
                 "missed_by_backend": res.missed(SLO.latency_ms / 1000.0),
                 "front_end_misses_by_minute": misses_by_minute(cluster, t0),
+                "faas": faas,
                 "launches": sum(1 for d in decisions for e in d["events"]
                                 if e["event"] == "launched"),
                 "timeline": [{"t": d["t"], "forecast_rps": d["forecast_rps"],
