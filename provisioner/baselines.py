@@ -158,15 +158,22 @@ class BatchAdaptive:
                         info={"forecast_rps": rate}), FaasState(True)
 
 
+_CARRYING = frozenset({InstanceState.PENDING, InstanceState.READY})
+
+
 @dataclass(frozen=True)
 class ReleasedState:
-    provisioned_for_rps: float = 0.0
+    provisioned_for_rps: float = 0.0  # the target the fleet last covered (1.2x the peak)
     sent_plan: bool = False
 
 
 @register_policy("mark-released")
 class MArkReleased:
-    """Fixed fleet for ``factor`` x the all-time peak, cheapest per request, no spill."""
+    """Fixed fleet for ``factor`` x the all-time peak, cheapest per request, no spill.
+
+    At every decision the fleet (pending and ready instances) is topped up to the target:
+    one plan launches at most ``greedy_plan``'s ``max_new`` new instances, so a larger
+    fleet is reached over several decisions; reclaimed spot capacity is replaced alike."""
 
     name = "mark-released"
     instant_launch = False
@@ -185,24 +192,27 @@ class MArkReleased:
     def initial_state(self) -> ReleasedState:
         return ReleasedState()
 
+    def capacity_rps(self, snap: Snapshot) -> float:
+        """What the fleet carries once booted: ready and pending instances (not those under
+        a spot notice, draining or unhealthy: they are leaving or not serving)."""
+        return sum(self.serving.types[i.instance_type].capacity_rps for i in snap.fleet
+                   if i.state in _CARRYING and i.instance_type in self.serving.types)
+
     def decide(self, snap: Snapshot, state: ReleasedState) -> tuple[Decision, ReleasedState]:
         seen = float(snap.counts.max()) if snap.counts.size else 0.0
         peak = max(self.peak_rps or 0.0, seen)
         target = self.factor * peak
+        have = self.capacity_rps(snap)
         launch: tuple[LaunchOrder, ...] = ()
-        if target > state.provisioned_for_rps * 1.0001:
-            have = sum(self.serving.types[i.instance_type].capacity_rps for i in snap.fleet
-                       if i.state != InstanceState.NOTICE and i.instance_type in self.serving.types)
+        if target > have * 1.0001:  # short of the target (never planned, capped, reclaimed)
             cands = [
                 Candidate(f"{t}/{m}", t, m, ts.capacity_rps, self.ctx.price_usd_per_h(t, m),
                           0.0, 0, False)
                 for t, ts in self.serving.types.items() for m in self.ctx.markets
             ]
-            chosen = greedy_plan(np.array([max(target - have, 0.0)]), cands, self.interval_s)
+            chosen = greedy_plan(np.array([target - have]), cands, self.interval_s)
             launch = tuple(LaunchOrder(c.instance_type, c.market) for c in chosen)
-        # replace reclaimed spot capacity
+            have += sum(c.capacity_rps for c in chosen)
         dec = Decision(launch, (), None if state.sent_plan else self.serving,
                        {"forecast_rps": target, "planned_rps": target})
-        lost = any(i.state == InstanceState.NOTICE for i in snap.fleet)
-        new_state = ReleasedState(0.0 if lost else max(target, state.provisioned_for_rps), True)
-        return dec, new_state
+        return dec, ReleasedState(min(have, target), True)

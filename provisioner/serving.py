@@ -1,5 +1,13 @@
 """The default serving plan of a context: batching, capacity and spill budget per instance
-type, and FaaS settings, derived from the context alone (memoised in ``ctx.memo``)."""
+type, and FaaS settings, derived from the context alone (memoised in ``ctx.memo``).
+
+Per type the wait budget keeps back the spread margin of its batching settings
+(:func:`provisioner.spill.spread_margin_s`, from the profile's ``service_cv``), and its
+capacity is counted at that wait budget: what an instance sustains with requests admitted
+only within it. With ``service_cv`` = 0 both are the SLO budget's. Every policy that plans
+on instance capacities (mark, the hindsight plan, the baselines) takes them from here, so
+their costs compare like with like.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +27,18 @@ def default_serving_plan(ctx: PolicyContext) -> ServingPlan:
     return plan
 
 
-def _plan(ctx: PolicyContext) -> ServingPlan:
-    spill = SpillPolicy()
+def _plan(ctx: PolicyContext, spill: SpillPolicy | None = None) -> ServingPlan:
+    spill = spill or SpillPolicy()
+    cv = ctx.profile.service_cv
+    budget = spill.wait_budget_s(ctx.slo, ctx.network_overhead_ms)
     types: dict[str, TypeServing] = {}
     for t in ctx.instance_types:
-        cfg, cap = choose_batching(ctx.profile.of(t).table_s(), ctx.slo, ctx.budget_s)
+        svc = ctx.profile.of(t).table_s()
+        cfg, cap = choose_batching(svc, ctx.slo, budget, service_cv=cv,
+                                   miss_share=spill.miss_share(ctx.slo))
         if cap <= 0:
             continue  # this type cannot meet the SLO at all
-        types[t] = TypeServing(t, cfg, cap, spill.wait_budget_s(ctx.slo, ctx.network_overhead_ms))
+        margin = spill.spread_margin_s(svc, cfg, budget, ctx.slo, cv)
+        types[t] = TypeServing(t, cfg, cap, spill.wait_budget_s(ctx.slo, ctx.network_overhead_ms,
+                                                                 margin))
     return ServingPlan(types, faas_config_for(ctx, 1.0), spill=True)

@@ -49,7 +49,8 @@ def test_gpu_types_batch_and_serving_plan_is_complete() -> None:
     assert plan.types["g4dn.xlarge"].batch.max_batch > 1
     assert plan.types["g4dn.xlarge"].capacity_rps > 5 * plan.types["c5.large"].capacity_rps
     for ts in plan.types.values():
-        assert ts.capacity_rps > 0 and ts.wait_budget_s == pytest.approx(0.2)
+        # the SLO budget less a spread margin (service times vary, the profile's service_cv)
+        assert ts.capacity_rps > 0 and 0.16 < ts.wait_budget_s < 0.2
     assert candidate_batches(12) == [1, 2, 4, 8, 12]
 
 

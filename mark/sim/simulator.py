@@ -22,6 +22,7 @@ at once. It does not see the future: its past before t=0 is a separate warm-up s
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -96,15 +97,17 @@ def simulate(
     t0 = time.perf_counter()
     c = _counts(counts, scale, seed)
     prof = load_profile(profile) if isinstance(profile, str) else profile
+    cv = prof.service_cv if service_cv is None else float(service_cv)
+    if not 0 <= cv <= 10:
+        raise ConfigError(f"service_cv must be in 0..10, got {cv}")
+    if cv != prof.service_cv:  # the plan knows the spread the world has
+        prof = replace(prof, service_cv=cv)
     ctx = PolicyContext(catalogue or load_catalogue(), prof, slo or Slo(), spot, types,
                         trace_counts=c)
     pol = make_policy(policy, ctx, **(policy_kw or {})) if isinstance(policy, str) else policy
     factor = float(getattr(pol, "price_factor", 1.0)) if ml_premium else 1.0
     arr = spread_arrivals(c, seed)
     hist = None if history is None else _counts(history, scale, seed + 13)
-    cv = prof.service_cv if service_cv is None else float(service_cv)
-    if not 0 <= cv <= 10:
-        raise ConfigError(f"service_cv must be in 0..10, got {cv}")
     world = World(c, arr, pol, ctx, spot_interruption_scale=spot_interruption_scale, seed=seed,
                   billing_factor=factor, history=hist, service_cv=cv)
     world.env.schedule(0.0, world.tick, PRIO_CONTROL)
