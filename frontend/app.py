@@ -371,6 +371,9 @@ class FrontEnd:
             raw.extend(self._where(inst.id))
             raw.append((b"x-request-id", rid.encode()))
             return ProxyResponse(reply.body, reply.status, raw)
+        if faas is not None:  # the retry's instance died too (a fleet that went at once)
+            return await self._spill(model, decoded, fwd, arrival, deadline, len(tried) + 1,
+                                     "retry")
         raise UpstreamError(
             f"model {model!r}: instance(s) {tried} failed ({last}) and no other ready "
             f"instance could take the retry"

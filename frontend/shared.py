@@ -38,9 +38,12 @@ def apply_snapshot(front: FrontEnd, snap: dict[str, Any]) -> None:
 
 def attach(front: FrontEnd, token: str | None) -> None:
     """Once the snapshot names them: the control plane's admin address (the admin routes
-    forward there) and the functions' endpoint (spill)."""
+    forward there; a control plane that restarted publishes a new one, followed at once)
+    and the functions' endpoint (spill)."""
     fleet = front.fleet
-    if front.admin is None and fleet.admin_url:
+    admin = front.admin
+    if fleet.admin_url and (admin is None or (isinstance(admin, ProxyAdmin)
+                                              and admin.base_url != fleet.admin_url.rstrip("/"))):
         front.admin = ProxyAdmin(fleet.admin_url, front.upstream, token)
     if front.faas is None and fleet.faas_url:
         front.faas = make_spill(front.cfg, fleet, fleet.faas_url)

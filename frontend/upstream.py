@@ -392,8 +392,9 @@ class Upstream:
             return reply
 
     async def healthy(self, base_url: str) -> bool:
-        """Whether the instance at ``base_url`` answers ``/v2/health/ready`` with 200."""
+        """Whether the instance at ``base_url`` answers ``/v2/health/ready`` with 200 (a hung
+        one, which accepts but never answers, is not healthy: it never raises)."""
         try:
             return (await self.request("GET", f"{base_url}/v2/health/ready")).status == 200
-        except UpstreamError:
+        except (UpstreamError, UpstreamTimeout):
             return False

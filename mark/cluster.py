@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
@@ -113,6 +114,8 @@ class LocalCluster:
         self._stopped = asyncio.Event()
         self.workers = cfg.frontend_workers()
         self._worker_procs: list[asyncio.subprocess.Process] = []
+        self._worker_keepers: list[asyncio.Task[None]] = []  # restart workers that die
+        self._stopping = False
         self._snapshot_task: asyncio.Task[None] | None = None
         self._fleet_changed = asyncio.Event()
         self.fleet_path = Path(cfg.runtime_dir).resolve() / "fleet.json"
@@ -426,15 +429,43 @@ class LocalCluster:
         cfg_path = write_private(self.fleet_path.parent / "worker-config.json",
                                  self.cfg.model_dump_json().encode())
         for _ in range(self.workers - 1):
-            proc = await asyncio.create_subprocess_exec(
-                *with_pdeathsig([sys.executable, "-m", "frontend.worker", "--config",
-                                 str(cfg_path),
-                                 "--fleet", str(self.fleet_path), "--fd", str(sock.fileno()),
-                                 "--reports", str(self.reports_dir)]),
-                pass_fds=(sock.fileno(),), start_new_session=True,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-            self._worker_procs.append(proc)
+            proc = await self._spawn_worker(sock, cfg_path)
+            self._worker_keepers.append(asyncio.create_task(
+                self._keep_worker(sock, cfg_path, proc)))
+
+    async def _spawn_worker(self, sock: socket.socket,
+                            cfg_path: Path) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *with_pdeathsig([sys.executable, "-m", "frontend.worker", "--config",
+                             str(cfg_path),
+                             "--fleet", str(self.fleet_path), "--fd", str(sock.fileno()),
+                             "--reports", str(self.reports_dir)]),
+            pass_fds=(sock.fileno(),), start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        self._worker_procs.append(proc)
+        return proc
+
+    async def _keep_worker(self, sock: socket.socket, cfg_path: Path,
+                           proc: asyncio.subprocess.Process) -> None:
+        """Start another worker whenever this one dies (killed, crashed) until the cluster
+        stops, so the front end keeps its processes; a worker that keeps dying young is
+        restarted ever later (at most every 10 s)."""
+        pause_s = 0.1
+        while True:
+            started = time.monotonic()
+            code = await proc.wait()
+            if self._stopping:
+                return
+            process_dead(proc.pid)
+            self._worker_procs.remove(proc)
+            pause_s = 0.1 if time.monotonic() - started > 10.0 else min(pause_s * 2, 10.0)
+            log.error("front-end worker process %d exited with code %s; starting another in "
+                      "%.1f s", proc.pid, code, pause_s)
+            await asyncio.sleep(pause_s)
+            if self._stopping:
+                return
+            proc = await self._spawn_worker(sock, cfg_path)
 
     async def _write_snapshots(self) -> None:
         """Rewrite the snapshot after changes; each write carries the next sequence number."""
@@ -502,6 +533,10 @@ class LocalCluster:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self._stopping = True
+        for keeper in self._worker_keepers:
+            keeper.cancel()
+        await asyncio.gather(*self._worker_keepers, return_exceptions=True)
         for proc in self._worker_procs:
             if proc.returncode is None:
                 proc.terminate()

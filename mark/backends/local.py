@@ -112,6 +112,41 @@ def release_port(port: int) -> None:
         _reserved_ports.discard(port)
 
 
+def reap_orphan_stubs(backend_dir: Path) -> list[int]:
+    """Kill the Python-backend stubs of ``backend_dir`` whose Triton is gone; their pids.
+
+    Triton starts a stub process per model instance (in Triton's process group, without the
+    death signal): when Triton is killed (its parent was, and ``PR_SET_PDEATHSIG`` took it)
+    while a stub waits on it mid-request, that stub waits for ever. A backend starting on the
+    same runtime directory (the provisioner restarted) ends them. A stub whose parent is a
+    live ``tritonserver`` belongs to a running instance and is left alone."""
+    prefix = str(backend_dir) + os.sep
+    killed: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return killed
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+            if not argv0.startswith(prefix):
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        try:
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            parent = b""
+        if parent.endswith(b"tritonserver"):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed.append(int(entry.name))
+    return killed
+
+
 def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("ab")
@@ -162,6 +197,10 @@ class LocalBackend:
         self.catalogue = catalogue or load_catalogue()
         self._rng = random.Random(seed)
         self._dist = prepare_triton(self.runtime_dir)
+        reaped = reap_orphan_stubs(self._dist.backend_dir)
+        if reaped:
+            log.warning("killed %d Python-backend stub(s) an earlier process left behind in %s "
+                        "(their Triton is gone): pids %s", len(reaped), self.runtime_dir, reaped)
         self._repos_root = self.runtime_dir / "model_repository"
         self._ids = itertools.count(1)
         self._instances: dict[str, Instance] = {}

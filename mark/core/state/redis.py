@@ -146,18 +146,35 @@ class RedisStateStore:
         return msg
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis exchange within ``timeout_s``; any failure is ``StateUnavailable``."""
+        """Run one Redis exchange within ``timeout_s``; any failure is ``StateUnavailable``.
+
+        A cancellation that arrives meanwhile always propagates: redis-py may swallow it
+        (return normally, or raise a connection error after closing the connection), which
+        would leave a caller's retry loop running for ever (a front end that never stops)."""
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await fn()
+                result = await fn()
         except TimeoutError as exc:
+            self._reraise_cancel(task, cancels)
             raise StateUnavailable(
                 f"state store {op} at {self.url} timed out after {self.timeout_s} s"
             ) from exc
         except (RedisError, OSError) as exc:
+            self._reraise_cancel(task, cancels)
             raise StateUnavailable(
                 f"state store {op} at {self.url} failed: {self._scrub(exc)}"
             ) from exc
+        self._reraise_cancel(task, cancels)
+        return result
+
+    @staticmethod
+    def _reraise_cancel(task: asyncio.Task[Any] | None, cancels: int) -> None:
+        """CancelledError when ``task`` was asked to cancel since it had ``cancels``
+        requests (and the request was swallowed on the way)."""
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
 
     async def start(self) -> None:
         await self._call("start (PING)", self._redis.ping)
