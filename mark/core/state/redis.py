@@ -125,7 +125,7 @@ class RedisStateStore:
         try:
             self._redis = aioredis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
             )
         except ValueError as exc:
             raise StateUnavailable(f"state store URL {self.url} is invalid: {self._scrub(exc)}") \
