@@ -59,7 +59,7 @@ from scenarios import (  # noqa: E402
 )
 
 from mark.sim import SimResult  # noqa: E402
-from provisioner import POLICIES, greedy_plan  # noqa: E402
+from provisioner import POLICIES  # noqa: E402
 
 #: (label, policy, market, simulate kw); hindsight first in each market (the ratio's base)
 RUNS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
@@ -80,8 +80,6 @@ COLORS = {"hindsight": "#636363", "mark": "#3182bd", "sagemaker": "#31a354",
           "sagemaker (EC2 prices)": "#a1d99b", "lambda": "#de2d26", "batch": "#fc9272",
           "mark-released": "#756bb1"}
 FIG_DIR_NAME = "figures"
-#: greedy_plan's default cap on new instances per decision (mark-released plans once with it)
-MAX_NEW = int(inspect.signature(greedy_plan).parameters["max_new"].default)
 #: policies run on demand only (no instances, or no spot market for SageMaker hosting)
 MARKETLESS = ("sagemaker", "sagemaker (EC2 prices)", "lambda", "batch")
 
@@ -694,14 +692,6 @@ def write_markdown(doc: dict[str, Any], out: Path, fig_dir: Path, results: Path,
                           f"quota of {r.get('faas_max_concurrency', 1000):,} concurrent "
                           "executions per region (the catalogue's), which the simulator "
                           "enforces; throttled requests wait and retry.", ""]
-        rel_od = get(rows, sc, "mark-released", "on-demand")
-        if rel_od is not None and (rel_od.get("launches") or 0) >= MAX_NEW:
-            lines += [f"Caveat: mark-released (on-demand) launched {rel_od['launches']:,} "
-                      f"instances, the cap of {MAX_NEW:,} new instances per decision of "
-                      "`provisioner.greedy.greedy_plan` (`max_new`); the policy records its "
-                      "target as provisioned anyway and never tops up, so here its fleet is "
-                      "below 1.2x the peak and its cost is understated (a baseline bug, "
-                      "reported, not fixed here).", ""]
         lines += ["Where mark does worse:", ""]
         lines += [f"- {x}" for x in s["losses"]] or ["- nowhere on this scenario."]
         lines.append("")
