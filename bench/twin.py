@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from live_control import plot  # noqa: E402
+from live_control import plot, slice_counts  # noqa: E402
 from scenarios import CPU_TYPES  # noqa: E402
 
 from mark.cluster import ClusterThread  # noqa: E402
@@ -50,7 +50,6 @@ from mark.core.config import (  # noqa: E402
     ModelConfig,
 )
 from mark.core.slo import Slo  # noqa: E402
-from mark.core.workload import load_trace  # noqa: E402
 from mark.core.workload.arrivals import spread_trace  # noqa: E402
 from mark.core.workload.traces import Trace  # noqa: E402
 from mark.loadgen import LoadClient  # noqa: E402
@@ -62,15 +61,6 @@ SLO = Slo(500.0, 98.0)
 INTERVAL_S = 10.0
 WARMUP_MIN = 10
 TARGET = 0.10  # |live / sim - 1| on p50, p98 and cost
-
-
-def counts_of(start_min: int, minutes: int, scale: float, seed: int) -> np.ndarray:
-    """Per-second counts of the trace's minutes ``start_min`` .. + ``minutes``, scaled
-    (rounded stochastically, seeded)."""
-    c = load_trace("twitter-2021-08-week1").counts[start_min * 60:(start_min + minutes) * 60]
-    x = c.astype(np.float64) * scale
-    base = np.floor(x)
-    return (base + (np.random.default_rng(seed).random(x.size) < x - base)).astype(np.int64)
 
 
 def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
@@ -202,8 +192,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.minutes < 1 or args.start_min < WARMUP_MIN:
         ap.error(f"--minutes must be >= 1 and --start-min >= {WARMUP_MIN} (the warm-up slice)")
-    counts = counts_of(args.start_min, args.minutes, args.scale, args.seed)
-    history = counts_of(args.start_min - WARMUP_MIN, WARMUP_MIN, args.scale, args.seed + 1)
+    counts = slice_counts(args.start_min, args.minutes, args.scale, args.seed)
+    history = slice_counts(args.start_min - WARMUP_MIN, WARMUP_MIN, args.scale, args.seed + 1)
     with tempfile.TemporaryDirectory(prefix="mark-twin-") as tmp:
         cfg = config(Path(tmp), args.launch_delay)
         t0 = time.perf_counter()
