@@ -24,6 +24,7 @@ from frontend.fleet import Fleet
 from frontend.metrics import FrontendMetrics, add_metrics_route
 from frontend.openapi import add_openapi_route
 from frontend.protocol import ModelMetadata, decode_body, parse_infer
+from frontend.queue_cells import QueueCells
 from frontend.request_id import HEADER as REQUEST_ID
 from frontend.request_id import new_request_id, request_id_of, valid
 from frontend.spill import InstanceQueue, PredictionErrors
@@ -90,7 +91,8 @@ class FrontEnd:
     """
 
     def __init__(self, cfg: MarkConfig, fleet: Fleet, upstream: Upstream,
-                 timings: TimingLog | None = None, admin: AdminApi | None = None) -> None:
+                 timings: TimingLog | None = None, admin: AdminApi | None = None,
+                 cells: QueueCells | None = None) -> None:
         self.cfg = cfg
         self.fleet = fleet
         self.upstream = upstream
@@ -100,6 +102,7 @@ class FrontEnd:
         self.admin = admin
         self.faas: FaasSpill | None = None
         self._queues: dict[str, InstanceQueue] = {}
+        self.cells = cells or QueueCells()  # the instances' spill state, shared by processes
         self._fallback_meta: dict[str, ModelMetadata] = {}  # not cached in the fleet: an
         # instance's own metadata replaces it as soon as one answers
         self._spill_margin_s = cfg.frontend.spill_margin_ms / 1000.0
@@ -144,6 +147,7 @@ class FrontEnd:
         self.upstream.drop(inst.url)
         self._where_cache.pop(inst.id, None)
         self._queues.pop(inst.id, None)
+        self.cells.drop(inst.id)
 
     def _queue(self, inst: Instance, model: str) -> InstanceQueue | None:
         """The spill model of ``inst`` (None when the plan gave it none)."""
@@ -155,7 +159,8 @@ class FrontEnd:
             errors = self._errors.get(model)
             if errors is None:
                 errors = self._errors[model] = PredictionErrors(self._spill_margin_s)
-            q = self._queues[inst.id] = InstanceQueue(params, self._spill_margin_s, errors)
+            q = self._queues[inst.id] = InstanceQueue(params, self._spill_margin_s, errors,
+                                                      self.cells.cell(inst.id), self.cells.slot)
         return q
 
     async def _spill(self, model: str, body: bytes | bytearray, fwd: dict[str, str], arrival: float,
@@ -326,9 +331,10 @@ class FrontEnd:
                     raise self._unavailable(model)
                 break
             admitted: InstanceQueue | None = None
-            if faas is not None and (q := self._queue(inst, model)) is not None:
+            q = self._queue(inst, model)
+            if faas is not None and q is not None:
                 now = time.perf_counter()
-                if inst.id in self.inflight:
+                if q.in_flight():  # by any front-end process of this host
                     q.busy_now(now)
                 else:
                     q.idle(now)
@@ -345,6 +351,8 @@ class FrontEnd:
                 )
             inflight = self.inflight
             inflight[inst.id] = inflight.get(inst.id, 0) + 1
+            if q is not None:
+                q.sent()
             try:
                 reply = await self.upstream.request("POST", inst.url + path, body, fwd,
                                                     timeout_s=left_s)
@@ -356,6 +364,8 @@ class FrontEnd:
                 last = exc
                 continue
             finally:
+                if q is not None:
+                    q.answered()
                 left = inflight[inst.id] - 1
                 if left:
                     inflight[inst.id] = left

@@ -21,17 +21,23 @@ Reality corrects the model: when an instance has nothing in flight, its queue is
 (``idle``), however slow or fast the model predicted; and while requests are in flight it is
 busy at least until now.
 
-With several front-end processes each sees only its own share of an instance's requests and
-predicts low by the others'; with one (the default on small hosts) the model is exact.
+With several front-end processes on a host (``frontend.workers`` > 1) the kernel spreads the
+requests over them; each instance's queue state then lives in a cell they all map
+(:mod:`frontend.queue_cells`), so every process predicts from every request the host sent
+there, and sees the instance idle only when no process has anything out at it. Front ends on
+other hosts (several behind a load balancer) are not seen: what they add, the learned margin
+takes up.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from frontend.queue_cells import BUSY, COUNT, FIRST, INFLIGHT, Cell, new_cell
 
 
 @dataclass(frozen=True)
@@ -91,72 +97,129 @@ class PredictionErrors:
         return max(self.floor_s, min(self.learned_s, self.cap * budget_s))
 
 
-@dataclass
 class InstanceQueue:
-    """One instance's queue as the front end models it (see the module docstring)."""
+    """One instance's queue as the front end models it (see the module docstring).
 
-    params: SpillParams
-    margin_s: float = 0.0  # kept back from the budget: HTTP, Triton and front-end overhead
-    errors: PredictionErrors | None = None  # learned errors: the margin may grow beyond margin_s
-    predicted_s: float = 0.0  # the latency predicted for the last request admitted
-    busy_s: float = 0.0  # the dispatched batches finish then
-    first_s: float = 0.0  # arrival of the open batch's first request
-    count: int = 0  # requests in the open batch
-    admitted: int = field(default=0)
-    refused: int = field(default=0)
+    Its state (busy until, the open batch, the requests out there) lives in ``cell``
+    (:mod:`frontend.queue_cells`), which every front-end process of the host may share;
+    ``slot`` is this process's in-flight slot there."""
+
+    __slots__ = (
+        "admitted",
+        "cell",
+        "errors",
+        "margin_s",
+        "params",
+        "predicted_s",
+        "refused",
+        "slot",
+    )
+
+    def __init__(self, params: SpillParams, margin_s: float = 0.0,
+                 errors: PredictionErrors | None = None, cell: Cell | None = None,
+                 slot: int = 0) -> None:
+        self.params = params
+        self.margin_s = margin_s  # kept back from the budget: HTTP, Triton, front-end overhead
+        self.errors = errors  # learned errors: the margin may grow beyond margin_s
+        self.predicted_s = 0.0  # the latency predicted for the last request admitted
+        self.cell = cell if cell is not None else new_cell()
+        if not INFLIGHT <= INFLIGHT + slot < len(self.cell):
+            raise ValueError(f"slot {slot} is outside the cell's {len(self.cell) - INFLIGHT}")
+        self.slot = INFLIGHT + slot
+        self.admitted = 0
+        self.refused = 0
+
+    # the shared state, by name
+    @property
+    def busy_s(self) -> float:
+        """The dispatched batches finish then."""
+        return self.cell[BUSY]
+
+    @property
+    def first_s(self) -> float:
+        """Arrival of the open batch's first request."""
+        return self.cell[FIRST]
+
+    @property
+    def count(self) -> int:
+        """Requests in the open batch."""
+        return int(self.cell[COUNT])
+
+    def in_flight(self) -> int:
+        """Requests out at the instance, from every process sharing the cell."""
+        return int(sum(self.cell[INFLIGHT:]))
+
+    def sent(self) -> None:
+        """This process sent the instance a request."""
+        self.cell[self.slot] += 1.0
+
+    def answered(self) -> None:
+        """A request this process sent is back (or failed)."""
+        cell = self.cell
+        cell[self.slot] = max(0.0, cell[self.slot] - 1.0)
 
     def _dispatched(self, t: float) -> tuple[float, int]:
         """(busy until, open batch size) at ``t``: an open batch whose dispatch time has come
         has left (the instance is busy with it)."""
-        if self.count > 0:
-            disp = max(self.busy_s, self.first_s + self.params.delay_s)
+        cell = self.cell
+        busy, count = cell[BUSY], int(cell[COUNT])
+        if count > 0:
+            disp = max(busy, cell[FIRST] + self.params.delay_s)
             if t >= disp:
-                return disp + self.params.svc_s[self.count], 0
-        return self.busy_s, self.count
+                return disp + self.params.svc_s[count], 0
+        return busy, count
 
     def predict_s(self, t: float) -> tuple[float, float]:
         """(latency of a request arriving at ``t``, age at completion of the open batch's
         oldest request), without admitting it."""
+        return self._predict(t, *self._dispatched(t))
+
+    def _predict(self, t: float, busy: float, cnt: int) -> tuple[float, float]:
         p = self.params
-        busy, cnt = self._dispatched(t)
         if cnt > 0:
-            if cnt + 1 == p.max_batch:
-                done = max(busy, t) + p.svc_s[cnt + 1]
+            first = self.cell[FIRST]
+            if cnt + 1 >= p.max_batch:
+                done = max(busy, t) + p.svc_s[min(cnt + 1, p.max_batch)]
             else:
-                done = max(busy, self.first_s + p.delay_s) + p.svc_s[cnt + 1]
-            return done - t, done - self.first_s
+                done = max(busy, first + p.delay_s) + p.svc_s[cnt + 1]
+            return done - t, done - first
         done = (max(busy, t) if p.max_batch == 1 else max(busy, t + p.delay_s)) + p.svc_s[1]
         return done - t, done - t
 
     def admit(self, t: float) -> bool:
         """Admit a request arriving at ``t`` if it and its batch stay within the budget."""
         p = self.params
-        self.busy_s, self.count = self._dispatched(t)
-        latency, oldest = self.predict_s(t)
+        cell = self.cell
+        busy, count = self._dispatched(t)
+        latency, oldest = self._predict(t, busy, count)
         margin = self.margin_s if self.errors is None else max(
             self.margin_s, self.errors.margin_s(p.budget_s))
         budget = p.budget_s - margin
         if latency > budget or oldest > budget:
+            cell[BUSY], cell[COUNT] = busy, float(count)
             self.refused += 1
             return False
         self.admitted += 1
         self.predicted_s = latency
-        if self.count > 0:
-            self.count += 1
-            if self.count == p.max_batch:  # full: it leaves now (or when the instance frees)
-                self.busy_s = max(self.busy_s, t) + p.svc_s[self.count]
-                self.count = 0
+        if count > 0:
+            count += 1
+            if count >= p.max_batch:  # full: it leaves now (or when the instance frees)
+                busy = max(busy, t) + p.svc_s[min(count, p.max_batch)]
+                count = 0
         elif p.max_batch == 1:
-            self.busy_s = max(self.busy_s, t) + p.svc_s[1]
+            busy = max(busy, t) + p.svc_s[1]
         else:
-            self.first_s, self.count = t, 1
+            cell[FIRST], count = t, 1
+        cell[BUSY], cell[COUNT] = busy, float(count)
         return True
 
     def busy_now(self, t: float) -> None:
         """Requests are still in flight at ``t``: the instance is busy at least until now."""
-        if self.count == 0 and self.busy_s < t:
-            self.busy_s = t
+        cell = self.cell
+        if cell[COUNT] == 0 and cell[BUSY] < t:
+            cell[BUSY] = t
 
     def idle(self, t: float) -> None:
         """Nothing is in flight at ``t``: the instance's queue is empty."""
-        self.busy_s, self.count = t, 0
+        cell = self.cell
+        cell[BUSY], cell[COUNT] = t, 0.0

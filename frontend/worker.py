@@ -4,6 +4,8 @@ The control plane (``mark up``) serves in its own process and, with ``frontend.w
 starts ``workers - 1`` of these. All share one listening socket (inherited file descriptor),
 so the kernel spreads connections over them. Each worker follows the control plane's fleet
 through a snapshot file it rewrites atomically on every change (``runtime_dir/fleet.json``);
+it shares each instance's spill-model state with the others through ``runtime_dir/queues``
+(:mod:`frontend.queue_cells`);
 that file is the seam a shared state store replaces later. A worker marks an instance that
 fails a request unhealthy for itself at once, as the control plane does.
 
@@ -34,6 +36,7 @@ from frontend.dashboard import add_dashboard_route
 from frontend.faas import make_spill
 from frontend.fleet import Fleet
 from frontend.metrics import FrontendMetrics, setup_multiprocess
+from frontend.queue_cells import QueueCells
 from frontend.shared import apply_snapshot, follow_store, publish_store, worker_id
 from frontend.upstream import Upstream
 from mark.core.config import MarkConfig
@@ -91,7 +94,8 @@ async def follow(front: FrontEnd, path: Path, period_s: float = 0.1) -> None:
         await asyncio.sleep(period_s)
 
 
-async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None = None) -> None:
+async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None = None,
+                cells: QueueCells | None = None) -> None:
     fleet = Fleet([m.name for m in cfg.models])
     upstream = Upstream(cfg.frontend.pool_size, cfg.frontend.connect_timeout_s,
                         cfg.frontend.upstream_timeout_s, cfg.frontend.max_connections_per_instance)
@@ -105,7 +109,7 @@ async def serve(cfg: MarkConfig, fleet_path: Path, fd: int, reports: Path | None
         fleet.apply_snapshot(json.loads(await asyncio.to_thread(fleet_path.read_text)))
     if cfg.metrics.enabled:  # the control plane's directory, inherited (never cleared here)
         setup_multiprocess(Path(cfg.runtime_dir, "metrics"), worker=True)
-    front = FrontEnd(cfg, fleet, upstream)
+    front = FrontEnd(cfg, fleet, upstream, cells=cells)
     if front.metrics is not None:
         _flush_on_sigterm(front.metrics)
     if fleet.admin_url:
@@ -173,11 +177,17 @@ def main() -> None:
     ap.add_argument("--fleet", required=True)
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--reports", help="directory for this worker's report (counts, in flight)")
+    ap.add_argument("--queues", help="directory of the instances' shared spill state")
+    ap.add_argument("--slot", type=int, default=1, help="this worker's in-flight slot there")
+    ap.add_argument("--processes", type=int, default=2, help="front-end processes sharing it")
     args = ap.parse_args()
     cfg = MarkConfig.model_validate_json(Path(args.config).read_bytes())
     configure_logging(cfg.logging, secrets=[cfg.admin.effective_token(),
                                             *cfg.frontend.effective_api_keys()])
-    uvloop.run(serve(cfg, Path(args.fleet), args.fd, Path(args.reports) if args.reports else None))
+    cells = (QueueCells(Path(args.queues), args.slot, args.processes) if args.queues
+             else None)
+    uvloop.run(serve(cfg, Path(args.fleet), args.fd, Path(args.reports) if args.reports else None,
+                     cells))
 
 
 if __name__ == "__main__":

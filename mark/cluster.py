@@ -35,6 +35,7 @@ from frontend.dashboard import add_dashboard_route
 from frontend.faas import make_spill
 from frontend.fleet import Fleet
 from frontend.metrics import process_dead, setup_multiprocess
+from frontend.queue_cells import QueueCells
 from frontend.shared import apply_snapshot, attach, follow_store, publish_store
 from frontend.upstream import Upstream
 from frontend.worker import recheck_unhealthy, write_private
@@ -105,14 +106,17 @@ class LocalCluster:
                                  cfg.frontend.max_connections_per_instance)
         if cfg.metrics.enabled:  # before any metric exists; worker processes inherit it
             setup_multiprocess(Path(cfg.runtime_dir).resolve() / "metrics")
-        self.front = FrontEnd(cfg, self.fleet, self.upstream)
+        self.workers = cfg.frontend_workers()
+        # with worker processes, the instances' spill state is shared with them on this host
+        self.queues_dir = Path(cfg.runtime_dir).resolve() / "queues"
+        self.front = FrontEnd(cfg, self.fleet, self.upstream, cells=QueueCells(
+            self.queues_dir if self.workers > 1 else None, 0, self.workers, owner=True))
         self._metrics_task: asyncio.Task[None] | None = None
         self.backend: Backend | None = None
         self.port = cfg.frontend.port or free_port(cfg.frontend.host)
         self._server: Any = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        self.workers = cfg.frontend_workers()
         self._worker_procs: list[asyncio.subprocess.Process] = []
         self._worker_keepers: list[asyncio.Task[None]] = []  # restart workers that die
         self._stopping = False
@@ -428,18 +432,20 @@ class LocalCluster:
         # line (``ps`` would show the admin token and API keys there)
         cfg_path = write_private(self.fleet_path.parent / "worker-config.json",
                                  self.cfg.model_dump_json().encode())
-        for _ in range(self.workers - 1):
-            proc = await self._spawn_worker(sock, cfg_path)
+        for slot in range(1, self.workers):
+            proc = await self._spawn_worker(sock, cfg_path, slot)
             self._worker_keepers.append(asyncio.create_task(
-                self._keep_worker(sock, cfg_path, proc)))
+                self._keep_worker(sock, cfg_path, proc, slot)))
 
-    async def _spawn_worker(self, sock: socket.socket,
-                            cfg_path: Path) -> asyncio.subprocess.Process:
+    async def _spawn_worker(self, sock: socket.socket, cfg_path: Path,
+                            slot: int) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             *with_pdeathsig([sys.executable, "-m", "frontend.worker", "--config",
                              str(cfg_path),
                              "--fleet", str(self.fleet_path), "--fd", str(sock.fileno()),
-                             "--reports", str(self.reports_dir)]),
+                             "--reports", str(self.reports_dir),
+                             "--queues", str(self.queues_dir), "--slot", str(slot),
+                             "--processes", str(self.workers)]),
             pass_fds=(sock.fileno(),), start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -447,7 +453,7 @@ class LocalCluster:
         return proc
 
     async def _keep_worker(self, sock: socket.socket, cfg_path: Path,
-                           proc: asyncio.subprocess.Process) -> None:
+                           proc: asyncio.subprocess.Process, slot: int) -> None:
         """Start another worker whenever this one dies (killed, crashed) until the cluster
         stops, so the front end keeps its processes; a worker that keeps dying young is
         restarted ever later (at most every 10 s)."""
@@ -465,7 +471,7 @@ class LocalCluster:
             await asyncio.sleep(pause_s)
             if self._stopping:
                 return
-            proc = await self._spawn_worker(sock, cfg_path)
+            proc = await self._spawn_worker(sock, cfg_path, slot)  # its slot, zeroed
 
     async def _write_snapshots(self) -> None:
         """Rewrite the snapshot after changes; each write carries the next sequence number."""
@@ -543,6 +549,7 @@ class LocalCluster:
         await asyncio.gather(*(p.wait() for p in self._worker_procs))
         for proc in self._worker_procs:
             process_dead(proc.pid)
+        self.front.cells.close()
         if self.front.metrics is not None:
             self.front.metrics.close()
         if self._server is not None:
