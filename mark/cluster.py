@@ -107,13 +107,15 @@ class LocalCluster:
         if cfg.metrics.enabled:  # before any metric exists; worker processes inherit it
             setup_multiprocess(Path(cfg.runtime_dir).resolve() / "metrics")
         self.workers = cfg.frontend_workers()
-        # with worker processes, the instances' spill state is shared with them on this host
-        self.queues_dir = Path(cfg.runtime_dir).resolve() / "queues"
+        self.port = cfg.frontend.port or free_port(cfg.frontend.host)
+        # with worker processes, the front end shares the instances' spill state with them
+        # (a provisioner alone serves nothing: its front end is never asked to admit)
+        self.queues_dir = Path(cfg.runtime_dir).resolve() / f"queues-{self.port}"
+        shared = self.workers > 1 and role != "provisioner"
         self.front = FrontEnd(cfg, self.fleet, self.upstream, cells=QueueCells(
-            self.queues_dir if self.workers > 1 else None, 0, self.workers, owner=True))
+            self.queues_dir if shared else None, 0, self.workers, owner=True))
         self._metrics_task: asyncio.Task[None] | None = None
         self.backend: Backend | None = None
-        self.port = cfg.frontend.port or free_port(cfg.frontend.host)
         self._server: Any = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
