@@ -20,7 +20,6 @@ timeline of the arrival rate, the policy's forecast and the capacity by market.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -28,112 +27,59 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from live import (  # noqa: E402
+    INTERVAL_S,
+    MODEL,
+    PROFILE,
+    SLO,
+    live_config,
+    replay,
+    sim_timeline,
+    slice_counts,
+)
 from scenarios import CPU_TYPES  # noqa: E402
 
-from mark.cluster import ClusterThread  # noqa: E402
 from mark.control import planning_catalogue  # noqa: E402
-from mark.core.config import (  # noqa: E402
-    ControlConfig,
-    FleetConfig,
-    FrontendConfig,
-    FunctionsConfig,
-    MarkConfig,
-    ModelConfig,
-)
-from mark.core.slo import Slo  # noqa: E402
-from mark.core.workload import load_trace  # noqa: E402
-from mark.core.workload.arrivals import spread_trace  # noqa: E402
-from mark.core.workload.traces import Trace  # noqa: E402
-from mark.loadgen import LoadClient  # noqa: E402
+from mark.core.config import FunctionsConfig, MarkConfig  # noqa: E402
 from mark.sim import simulate  # noqa: E402
 
-MODEL = "incep"
-PROFILE = "inception-v3"
-SLO = Slo(500.0, 98.0)
-INTERVAL_S = 10.0
+__all__ = ["MODEL", "plot", "slice_counts"]
+
 PREROLL_S = 600
 
 
-def slice_counts(start_min: int, minutes: int, scale: float, seed: int) -> np.ndarray:
-    c = load_trace("twitter-2021-08-week1").counts[start_min * 60:(start_min + minutes) * 60]
-    x = c.astype(np.float64) * scale
-    base = np.floor(x)
-    return (base + (np.random.default_rng(seed).random(x.size) < x - base)).astype(np.int64)
-
-
 def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
-    return MarkConfig(
-        models=[ModelConfig(name=MODEL, kind="profiled", profile=PROFILE, max_batch_size=16,
-                            slo_latency_ms=SLO.latency_ms, slo_percentile=SLO.percentile)],
-        fleet=FleetConfig(instances=0, launch_delay_s=launch_delay_s),
-        control=ControlConfig(interval_s=INTERVAL_S, types=list(CPU_TYPES)),
-        frontend=FrontendConfig(port=0, workers=1),
-        faas=FunctionsConfig(enabled=False),  # the policy plans with FaaS unavailable
-        runtime_dir=runtime,
-    )
+    return live_config(runtime, launch_delay_s,
+                       FunctionsConfig(enabled=False))  # the policy plans with FaaS unavailable
 
 
 def live(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
     """Replay ``counts`` through the cluster; its first step saw the first ``PREROLL_S`` s
     (as the simulator's does)."""
-    cluster = ClusterThread(cfg, warm_start={MODEL: counts[:PREROLL_S]}, defer_loop=True)
-    try:
-        loop = cluster.cluster.control
-        assert loop is not None
-        arrivals = spread_trace(Trace(counts, 1), seed)
-
-        async def run() -> dict[str, Any]:
-            async with LoadClient(cluster.url, MODEL, timeout_s=60.0, pool=4096) as client:
-                # the replay's second 0 is the loop's: start both on the same whole second
-                at = float(np.ceil(loop.clock.now() + 0.5))
-                cluster.loop.call_soon_threadsafe(loop.begin, at)
-                await loop.clock.sleep_until(at)
-                res = await client.open_loop(arrivals)
-                # the whole run's bill, the starting fleet included (as the simulator's)
-                cost = await client.cost_usd()
-            async with aiohttp.ClientSession() as s, \
-                    s.get(f"{cluster.url}/admin/decisions?since=0") as r:
-                decisions = await r.json()
-            lat = np.asarray(res.latencies_s)
-            met = int((lat <= SLO.latency_ms / 1000.0).sum())
-            launches = sum(1 for d in decisions for e in d["events"] if e["event"] == "launched")
-            return {
-                "requests": res.sent, "lost": res.lost, "errors": sum(res.errors.values()),
-                "slo_attainment": met / res.sent if res.sent else 1.0,
-                "latency_ms": {k: round(v, 2) for k, v in res.percentiles_ms().items()},
-                "cost_usd": cost,
-                "launches": launches,
-                "timeline": [{"t": d["t"], "forecast_rps": d["forecast_rps"],
-                              **{f"cap_{k}_rps": v for k, v in d["capacity_rps"].items()}}
-                             for d in decisions],
-            }
-
-        return asyncio.run(run())
-    finally:
-        cluster.stop()
+    r = replay(cfg, counts, counts[:PREROLL_S], seed)
+    return {
+        "requests": r.result.sent, "lost": r.result.lost,
+        "errors": sum(r.result.errors.values()), "slo_attainment": r.attainment(),
+        "latency_ms": {k: round(v, 2) for k, v in r.result.percentiles_ms().items()},
+        "cost_usd": r.cost_usd, "launches": r.launches(), "timeline": r.timeline(),
+    }
 
 
 def simulated(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
     r = simulate(counts, "mark", profile=PROFILE, catalogue=planning_catalogue(cfg), slo=SLO,
                  types=CPU_TYPES, seed=seed,
                  policy_kw={"interval_s": INTERVAL_S, "spill": False})
-    tl = r.timeline or {}
     doc = r.to_json()
     return {
         "requests": r.requests, "lost": 0, "errors": 0, "slo_attainment": r.slo_attainment,
         "latency_ms": {k: round(v, 2) for k, v in r.latency_ms.items()},
         "cost_usd": r.cost_usd["total"], "launches": int(doc["launches"]),
-        "timeline": [{"t": float(t), "forecast_rps": f, "cap_on_demand_rps": od,
-                      "cap_spot_rps": sp}
-                     for t, f, od, sp in zip(tl.get("t_s", []), tl.get("forecast_rps", []),
-                                             tl.get("cap_on_demand_rps", []),
-                                             tl.get("cap_spot_rps", []), strict=False)],
+        "timeline": sim_timeline(r.timeline),
     }
 
 

@@ -37,34 +37,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scenarios import CPU_TYPES  # noqa: E402
+from live import MODEL, live_config  # noqa: E402
 
 from mark.cluster import ClusterThread  # noqa: E402
-from mark.core.config import (  # noqa: E402
-    ControlConfig,
-    FleetConfig,
-    FrontendConfig,
-    FunctionsConfig,
-    MarkConfig,
-    ModelConfig,
-)
+from mark.core.config import FunctionsConfig, MarkConfig  # noqa: E402
 from mark.loadgen import LoadClient  # noqa: E402
 
-MODEL = "incep"
 SLO_S = 0.5
 PHASES = ((120.0, 1.0), (120.0, 2.0), (60.0, 1.0))  # (seconds, x base rate)
 
 
 def config(runtime: Path, spill: bool, launch_delay_s: float) -> MarkConfig:
-    return MarkConfig(
-        models=[ModelConfig(name=MODEL, kind="profiled", profile="inception-v3",
-                            max_batch_size=16)],
-        fleet=FleetConfig(instances=0, launch_delay_s=launch_delay_s),
-        control=ControlConfig(interval_s=10.0, types=list(CPU_TYPES)),
-        faas=FunctionsConfig(enabled=spill, port=0, concurrency=64),
-        frontend=FrontendConfig(port=0, workers=1),
-        runtime_dir=runtime,
-    )
+    return live_config(runtime, launch_delay_s,
+                       FunctionsConfig(enabled=spill, port=0, concurrency=64))
 
 
 def arrivals(base_rps: float, seed: int) -> np.ndarray:
@@ -108,7 +93,7 @@ def run_arm(arm: str, base_rps: float, launch_delay_s: float, seed: int) -> dict
                         async with s.get(f"{cluster.cluster.runtime.url}/mark/stats") as r:
                             stats = await r.json()
                 lat = np.asarray(res.latencies_s)
-                fn = next(iter(stats.values()), {})  # the one function: {name: counters}
+                fn: dict[str, Any] = next(iter(stats.values()), {})  # the one function
                 return {
                     "arm": arm, "spill": spill, "requests": res.sent, "lost": res.lost,
                     "errors": sum(res.errors.values()),

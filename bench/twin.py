@@ -22,7 +22,6 @@ lost, errors), and ``ratio`` = live / sim for ``p50``, ``p98``, ``cost`` and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -36,95 +35,63 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from live_control import plot, slice_counts  # noqa: E402
+from live import (  # noqa: E402
+    INTERVAL_S,
+    MODEL,
+    PROFILE,
+    SLO,
+    live_config,
+    replay,
+    sim_timeline,
+    slice_counts,
+)
+from live_control import plot  # noqa: E402
 from scenarios import CPU_TYPES  # noqa: E402
 
 from mark.cluster import ClusterThread  # noqa: E402
 from mark.control import planning_catalogue  # noqa: E402
-from mark.core.config import (  # noqa: E402
-    ControlConfig,
-    FleetConfig,
-    FrontendConfig,
-    FunctionsConfig,
-    MarkConfig,
-    ModelConfig,
-)
-from mark.core.slo import Slo  # noqa: E402
-from mark.core.workload.arrivals import spread_trace  # noqa: E402
-from mark.core.workload.traces import Trace  # noqa: E402
-from mark.loadgen import LoadClient  # noqa: E402
+from mark.core.config import FunctionsConfig, MarkConfig  # noqa: E402
 from mark.sim import simulate  # noqa: E402
 
-MODEL = "incep"
-PROFILE = "inception-v3"
-SLO = Slo(500.0, 98.0)
-INTERVAL_S = 10.0
 WARMUP_MIN = 10
 TARGET = 0.10  # |live / sim - 1| on p50, p98 and cost
 
 
 def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
-    return MarkConfig(
-        models=[ModelConfig(name=MODEL, kind="profiled", profile=PROFILE, max_batch_size=16,
-                            slo_latency_ms=SLO.latency_ms, slo_percentile=SLO.percentile)],
-        fleet=FleetConfig(instances=0, launch_delay_s=launch_delay_s),
-        control=ControlConfig(interval_s=INTERVAL_S, types=list(CPU_TYPES)),
-        frontend=FrontendConfig(port=0, workers=1),
-        faas=FunctionsConfig(enabled=True, port=0),
-        runtime_dir=runtime,
-    )
+    return live_config(runtime, launch_delay_s, FunctionsConfig(enabled=True, port=0))
+
+
+async def faas_and_misses(cluster: ClusterThread, s: aiohttp.ClientSession,
+                          t0: float) -> dict[str, Any]:
+    """The function's counters and the front end's misses by minute."""
+    runtime = cluster.cluster.runtime
+    faas: dict[str, Any] = {}
+    if runtime is not None:
+        async with s.get(f"{runtime.url}/mark/stats") as r:
+            fn = (await r.json()).get(f"mark-{MODEL}", {})
+        faas = {k: fn.get(k) for k in ("invocations", "cold_starts", "throttles")}
+        if fn.get("cold_starts"):
+            faas["mean_init_ms"] = round(fn["init_ms"] / fn["cold_starts"], 1)
+    return {"faas": faas, "misses": misses_by_minute(cluster, t0)}
 
 
 def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
     """Replay ``counts`` through the cluster, its loop's past being ``history``."""
-    cluster = ClusterThread(cfg, warm_start={MODEL: history}, defer_loop=True)
-    try:
-        loop = cluster.cluster.control
-        assert loop is not None
-        arrivals = spread_trace(Trace(counts, 1), seed)
-
-        async def run() -> dict[str, Any]:
-            async with LoadClient(cluster.url, MODEL, timeout_s=60.0, pool=4096) as client:
-                # the replay's second 0 is the loop's: start both on the same whole second
-                at = float(np.ceil(loop.clock.now() + 0.5))
-                cluster.loop.call_soon_threadsafe(loop.begin, at)
-                await loop.clock.sleep_until(at)
-                t0 = time.perf_counter()
-                res = await client.open_loop(arrivals)
-                cost = await client.cost_usd()  # the whole run's bill, starting fleet included
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"{cluster.url}/admin/decisions?since=0") as r:
-                    decisions = await r.json()
-                runtime = cluster.cluster.runtime
-                faas: dict[str, Any] = {}
-                if runtime is not None:
-                    async with s.get(f"{runtime.url}/mark/stats") as r:
-                        fn = (await r.json()).get(f"mark-{MODEL}", {})
-                    faas = {k: fn.get(k) for k in ("invocations", "cold_starts", "throttles")}
-                    if fn.get("cold_starts"):
-                        faas["mean_init_ms"] = round(fn["init_ms"] / fn["cold_starts"], 1)
-            lat = np.asarray(res.latencies_s)
-            met = int((lat <= SLO.latency_ms / 1000.0).sum())
-            pct = res.percentiles_ms()
-            return {
-                "requests": res.sent, "lost": res.lost, "errors": sum(res.errors.values()),
-                "p50_ms": round(pct["p50"], 2), "p98_ms": round(pct["p98"], 2),
-                "slo_attainment": met / res.sent if res.sent else 1.0,
-                "spill_share": res.spilled / res.sent if res.sent else 0.0,
-                "cost_usd": cost,
-                "missed_by_backend": res.missed(SLO.latency_ms / 1000.0),
-                "front_end_misses_by_minute": misses_by_minute(cluster, t0),
-                "faas": faas,
-                "launches": sum(1 for d in decisions for e in d["events"]
-                                if e["event"] == "launched"),
-                "timeline": [{"t": d["t"], "forecast_rps": d["forecast_rps"],
-                              **{f"cap_{k}_rps": v for k, v in d["capacity_rps"].items()}}
-                             for d in decisions],
-            }
-
-        return asyncio.run(run())
-    finally:
-        cluster.stop()
+    r = replay(cfg, counts, history, seed, faas_and_misses)
+    res = r.result
+    pct = res.percentiles_ms()
+    return {
+        "requests": res.sent, "lost": res.lost, "errors": sum(res.errors.values()),
+        "p50_ms": round(pct["p50"], 2), "p98_ms": round(pct["p98"], 2),
+        "slo_attainment": r.attainment(),
+        "spill_share": res.spilled / res.sent if res.sent else 0.0,
+        "cost_usd": r.cost_usd,
+        "missed_by_backend": res.missed(SLO.latency_ms / 1000.0),
+        "front_end_misses_by_minute": r.extra["misses"],
+        "faas": r.extra["faas"],
+        "launches": r.launches(),
+        "timeline": r.timeline(),
+    }
 
 
 def misses_by_minute(cluster: ClusterThread, t0: float) -> dict[str, dict[str, int]]:
@@ -145,7 +112,6 @@ def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
                  types=CPU_TYPES, seed=seed, history=history,
                  policy_kw={"interval_s": INTERVAL_S})
     doc = r.to_json()
-    tl = r.timeline or {}
     second = np.repeat(np.arange(counts.size), counts)  # requests in arrival order
     late = r.latencies_s > SLO.latency_ms / 1000.0
     misses: dict[str, dict[str, int]] = {}
@@ -163,11 +129,7 @@ def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
         "misses_by_minute": misses,
         "faas": {k: doc[k] for k in ("faas_invocations", "faas_cold_starts", "faas_throttled",
                                      "faas_max_concurrency") if k in doc},
-        "timeline": [{"t": float(t), "forecast_rps": float(f), "cap_on_demand_rps": float(od),
-                      "cap_spot_rps": float(sp)}
-                     for t, f, od, sp in zip(tl.get("t_s", []), tl.get("forecast_rps", []),
-                                             tl.get("cap_on_demand_rps", []),
-                                             tl.get("cap_spot_rps", []), strict=False)],
+        "timeline": sim_timeline(r.timeline),
     }
 
 

@@ -352,7 +352,7 @@ class FrontEnd:
             inflight = self.inflight
             inflight[inst.id] = inflight.get(inst.id, 0) + 1
             if q is not None:
-                q.sent()
+                q.sent(sent)
             try:
                 reply = await self.upstream.request("POST", inst.url + path, body, fwd,
                                                     timeout_s=left_s)
@@ -365,7 +365,7 @@ class FrontEnd:
                 continue
             finally:
                 if q is not None:
-                    q.answered()
+                    q.answered(time.perf_counter())
                 left = inflight[inst.id] - 1
                 if left:
                     inflight[inst.id] = left

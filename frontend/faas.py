@@ -85,6 +85,10 @@ class LambdaInvoker:
         #: called with (function, HTTP status, init ms) for each answer (the metrics)
         self.observer: Callable[[str, int, float], None] | None = None
 
+    def retarget(self, endpoint_url: str) -> None:
+        """Invoke at ``endpoint_url`` from now on (pooled connections to the old one idle out)."""
+        self.endpoint_url = endpoint_url.rstrip("/")
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(

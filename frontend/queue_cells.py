@@ -12,7 +12,8 @@ slot  what it holds (8-byte floats)
 0     ``busy_s``: the dispatched batches finish then (``time.perf_counter``)
 1     ``first_s``: arrival of the open batch's first request
 2     ``count``: requests in the open batch
-3+k   requests process ``k`` has out at the instance (each process writes only its own)
+3     ``heard_s``: when the instance last answered, or went from idle to busy
+4+k   requests process ``k`` has out at the instance (each process writes only its own)
 ====  ===========================================================================
 
 ``time.perf_counter`` is the system-wide monotonic clock on Linux, so the times mean the same
@@ -45,7 +46,7 @@ from pathlib import Path
 
 log = logging.getLogger("mark.frontend")
 
-BUSY, FIRST, COUNT, INFLIGHT = 0, 1, 2, 3  # slot indices; in-flight slots start at INFLIGHT
+BUSY, FIRST, COUNT, HEARD, INFLIGHT = 0, 1, 2, 3, 4  # in-flight slots start at INFLIGHT
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 Cell = ctypes.Array[ctypes.c_double]  # an instance's state (floats; see the module docstring)

@@ -39,14 +39,21 @@ def apply_snapshot(front: FrontEnd, snap: dict[str, Any]) -> None:
 def attach(front: FrontEnd, token: str | None) -> None:
     """Once the snapshot names them: the control plane's admin address (the admin routes
     forward there; a control plane that restarted publishes a new one, followed at once)
-    and the functions' endpoint (spill)."""
+    and the functions' endpoint (spill; followed when it moves too)."""
     fleet = front.fleet
     admin = front.admin
     if fleet.admin_url and (admin is None or (isinstance(admin, ProxyAdmin)
                                               and admin.base_url != fleet.admin_url.rstrip("/"))):
         front.admin = ProxyAdmin(fleet.admin_url, front.upstream, token)
-    if front.faas is None and fleet.faas_url:
-        front.faas = make_spill(front.cfg, fleet, fleet.faas_url)
+    if fleet.faas_url:
+        if front.faas is None:
+            front.faas = make_spill(front.cfg, fleet, fleet.faas_url)
+        elif front.faas.invoker.endpoint_url != fleet.faas_url.rstrip("/"):
+            # a provisioner restarted with its own runtime on another port: spill follows it
+            # (its counters and spend go on; invocations under way finish where they went)
+            log.warning("functions' endpoint moved from %s to %s; spilling there",
+                        front.faas.invoker.endpoint_url, fleet.faas_url)
+            front.faas.invoker.retarget(fleet.faas_url)
 
 
 async def follow_store(front: FrontEnd, store: StateStore, period_s: float = 0.1,

@@ -18,8 +18,9 @@ the configured one and a high quantile of those errors, so the spill decision st
 where the profile is optimistic.
 
 Reality corrects the model: when an instance has nothing in flight, its queue is empty
-(``idle``), however slow or fast the model predicted; and while requests are in flight it is
-busy at least until now.
+(``idle``), however slow or fast the model predicted; while requests are in flight it is
+busy at least until now; and an instance that has not answered for a whole wait budget while
+requests are out is stalled (``stalled``): nothing is admitted there until it answers.
 
 With several front-end processes on a host (``frontend.workers`` > 1) the kernel spreads the
 requests over them; each instance's queue state then lives in a cell they all map
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from frontend.queue_cells import BUSY, COUNT, FIRST, INFLIGHT, Cell, new_cell
+from frontend.queue_cells import BUSY, COUNT, FIRST, HEARD, INFLIGHT, Cell, new_cell
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,25 @@ class InstanceQueue:
         """Requests out at the instance, from every process sharing the cell."""
         return int(sum(self.cell[INFLIGHT:]))
 
-    def sent(self) -> None:
-        """This process sent the instance a request."""
-        self.cell[self.slot] += 1.0
+    def sent(self, t: float) -> None:
+        """This process sent the instance a request at ``t``."""
+        cell = self.cell
+        if not self.in_flight():
+            cell[HEARD] = t  # busy from now: it owes an answer within a budget
+        cell[self.slot] += 1.0
 
-    def answered(self) -> None:
-        """A request this process sent is back (or failed)."""
+    def answered(self, t: float) -> None:
+        """A request this process sent is back (or failed) at ``t``."""
         cell = self.cell
         cell[self.slot] = max(0.0, cell[self.slot] - 1.0)
+        cell[HEARD] = max(cell[HEARD], t)
+
+    def stalled(self, t: float) -> bool:
+        """Requests are out and the instance has not answered for a whole wait budget: no
+        batch the plan admits takes that long, so it is stopped or far slower than its
+        profile (a SIGSTOPped process, a host swapping) and what it is sent now would be late.
+        Until it answers again, or its health check takes it out, requests spill."""
+        return t - self.cell[HEARD] > self.params.budget_s and self.in_flight() > 0
 
     def _dispatched(self, t: float) -> tuple[float, int]:
         """(busy until, open batch size) at ``t``: an open batch whose dispatch time has come
@@ -195,7 +207,7 @@ class InstanceQueue:
         margin = self.margin_s if self.errors is None else max(
             self.margin_s, self.errors.margin_s(p.budget_s))
         budget = p.budget_s - margin
-        if latency > budget or oldest > budget:
+        if latency > budget or oldest > budget or self.stalled(t):
             cell[BUSY], cell[COUNT] = busy, float(count)
             self.refused += 1
             return False

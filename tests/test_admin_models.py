@@ -17,6 +17,7 @@ import requests
 
 from mark.cluster import ClusterThread
 from mark.core.config import (
+    AdminConfig,
     ControlConfig,
     FleetConfig,
     FrontendConfig,
@@ -42,6 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]
         control=ControlConfig(interval_s=3600.0, types=["c5.xlarge"], min_instances=1),
         faas=FunctionsConfig(port=0, concurrency=32, keep_alive_s=600.0),
         frontend=FrontendConfig(port=0, workers=2),
+        admin=AdminConfig(model_paths=[str(tmp_path_factory.mktemp("allowed"))]),
         runtime_dir=tmp_path_factory.mktemp("admin-models"),
     )
     c = ClusterThread(cfg)
@@ -80,14 +82,20 @@ def load(c: ClusterThread, model: str, rps: float, seconds: float, seed: int) ->
 
 
 def test_register_validates_and_names_the_field(cluster: ClusterThread) -> None:
+    allowed = cluster.cluster.cfg.admin.model_paths[0]
     cases = [
+        # a repository is code the server runs, a profile a file it reads: only under
+        # admin.model_paths, checked before anything reads them
+        ({**NEW, "repository": "/etc"}, 400, "repository: '/etc' is outside the directories"),
+        ({**NEW, "repository": f"{allowed}/../escape"}, 400, "is outside the directories"),
+        ({**NEW, "profile": "/etc/passwd"}, 400, "profile: '/etc/passwd' is outside"),
+        ({**NEW, "repository": f"{allowed}/none"}, 400, "repository"),  # inside, not there
         ({"kind": "profiled"}, 400, "name"),
         ({**NEW, "name": "bad name!"}, 400, "name"),
         ({**NEW, "kind": "resnet"}, 400, "kind"),
         ({**NEW, "slo_latency_ms": -5}, 400, "slo_latency_ms"),
         ({**NEW, "instance_types": ["m9.huge"]}, 400, "instance_types"),
         ({**NEW, "markets": ["spot"]}, 400, "markets"),
-        ({**NEW, "repository": "/nonexistent"}, 400, "repository"),
         ({**NEW, "surprise": 1}, 400, "surprise"),
         ({**NEW, "name": "base"}, 409, "registered already"),
     ]

@@ -8,11 +8,9 @@ import asyncio
 import base64
 import functools
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -47,44 +45,23 @@ from mark.core.profiles import load_profile
 from mark.core.slo import Slo
 from mark.models.repository import config_pbtxt
 from provisioner import PolicyContext
+from tests.servers import moto_server
 
 MODEL = "incep"
 TYPES = ("c5.large", "c5.xlarge", "m5.large")
 REGION = "us-east-1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """moto in server mode on a free loopback port, with test credentials in the env."""
-    port = _free_port()
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_DEFAULT_REGION": REGION}.items():
             mp.setenv(k, v)
         mp.delenv("AWS_PROFILE", raising=False)
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("moto server did not start") from None
-                    time.sleep(0.1)
+        with moto_server() as url:
             yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def ec2_client(moto_url: str) -> Any:

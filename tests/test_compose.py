@@ -37,6 +37,7 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
+from bench.faults import alive, descendants
 from mark.backends.local import free_port
 from mark.core.config import StateConfig, load_config
 from mark.core.state import make_state_store
@@ -157,34 +158,6 @@ def interpolate(value: str, env: dict[str, str]) -> str:
             return default
         return got
     return re.sub(r"\$\{(\w+)(:?-)?([^}]*)\}", one, value)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        ppid = int(text.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @dataclass

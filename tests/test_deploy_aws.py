@@ -14,12 +14,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +28,7 @@ from deploy.aws import Clients, evaluate, make_spec, run, teardown
 from deploy.aws import iam as policies
 from mark.cli import main
 from mark.core.config import MarkConfig, load_config
+from tests.servers import moto_server
 
 REGION = "us-east-1"
 TAG = "mark:deployment"
@@ -41,34 +37,6 @@ models:
   - {name: identity, kind: identity, instance_types: [c5.large, m5.large]}
   - {name: incep, kind: profiled, profile: inception-v3, instance_types: [c5.large]}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

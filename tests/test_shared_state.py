@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +28,7 @@ from mark.core.config import (
 )
 from mark.core.errors import ConfigError, Conflict
 from mark.loadgen import LoadClient, LoadResult
+from tests.servers import PrivateRedis
 
 BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
                     "data": list(range(16))}]}
@@ -41,42 +39,9 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (CI installs it)")
 
 
-class RedisServer:
-    def __init__(self, root: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.root = root
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))  # fsynced: a restart keeps data
     server.start()
     yield server
     if server.proc is not None and server.proc.poll() is None:
@@ -98,7 +63,7 @@ def config(tmp: Path, url: str, workers: int = 2) -> MarkConfig:
 
 
 @pytest.fixture(scope="module")
-def pair(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory,
+def pair(redis_server: PrivateRedis, tmp_path_factory: pytest.TempPathFactory,
          ) -> Iterator[tuple[ClusterThread, ClusterThread]]:
     """The control plane with two worker processes, and a front end alone on another port."""
     cfg = config(tmp_path_factory.mktemp("leader"), redis_server.url)
@@ -187,7 +152,7 @@ def test_registered_through_one_served_by_the_other_counts_from_both(
 
 
 def test_redis_restart_during_load_loses_nothing_and_resyncs(
-        pair: tuple[ClusterThread, ClusterThread], redis_server: RedisServer) -> None:
+        pair: tuple[ClusterThread, ClusterThread], redis_server: PrivateRedis) -> None:
     leader, follower = pair
     before = counted(leader, "base")
     cap = sum(i.capacity_rps for i in leader.cluster.fleet.instances.values()
@@ -226,7 +191,7 @@ def test_redis_restart_during_load_loses_nothing_and_resyncs(
 
 
 def test_lost_store_data_is_published_again(pair: tuple[ClusterThread, ClusterThread],
-                                            redis_server: RedisServer) -> None:
+                                            redis_server: PrivateRedis) -> None:
     leader, follower = pair
     redis.Redis(port=redis_server.port).flushall()  # a restart without persistence
     assert stored(leader, "get_fleet") is None
@@ -248,7 +213,7 @@ def test_one_control_loop_per_store(pair: tuple[ClusterThread, ClusterThread],
         ClusterThread(cfg)
 
 
-def test_provisioner_and_a_front_end_alone(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_provisioner_and_a_front_end_alone(redis_server: PrivateRedis, tmp_path: Path) -> None:
     """``mark provisioner`` + ``mark up --frontend-only``: no process does both."""
     cfg = config(tmp_path / "p", redis_server.url, workers=1)
     cfg.state.prefix = "test-split:"

@@ -82,3 +82,25 @@ def test_the_learned_margin_is_bounded() -> None:
     for _ in range(600):
         errors.note(0.3, 0.1)  # faster than predicted: the floor again
     assert errors.margin_s(0.5) == 0.02
+
+
+def test_a_stalled_instance_is_admitted_nothing_until_it_answers() -> None:
+    """Requests out and no answer for a whole budget (a SIGSTOPped instance): the model
+    alone would see a free instance again once its predicted batches are done; it must not."""
+    q = InstanceQueue(SpillParams.of([0.0, 0.2], 1, 0.0, 0.5))
+    assert q.admit(0.0)
+    q.sent(0.0)
+    q.busy_now(0.3)
+    assert q.admit(0.3)  # 0.2 -> 0.4 done, then this one by 0.6: within the budget
+    q.sent(0.3)
+    q.busy_now(0.51)
+    assert not q.stalled(0.5) and q.stalled(0.51)  # nothing heard since 0.0
+    q.busy_now(2.0)
+    assert q.predict_s(2.0)[0] == pytest.approx(0.2)  # the model alone: free again
+    assert not q.admit(2.0)  # but it owes two answers and has given none: spill
+    q.answered(2.1)  # it woke up
+    q.busy_now(2.1)
+    assert not q.stalled(2.1) and q.admit(2.1)
+    q.answered(2.2)
+    q.idle(2.3)
+    assert not q.stalled(10.0)  # nothing out: an idle instance owes nothing

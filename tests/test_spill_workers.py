@@ -26,12 +26,13 @@ def test_two_processes_predict_from_each_others_requests(tmp_path: Path) -> None
     assert b.predict_s(0.0)[0] == pytest.approx(0.2)
     assert a.admit(0.0) and a.admit(0.01)  # a batch of 2 leaves at once, seen by the other
     assert b.predict_s(0.02)[0] == pytest.approx(0.3 - 0.02 + 0.2)
-    a.sent()
-    b.sent()
-    b.sent()
+    a.sent(0.0)
+    b.sent(0.01)
+    b.sent(0.02)
     assert a.in_flight() == b.in_flight() == 3
-    a.answered()
+    a.answered(0.3)
     assert b.in_flight() == 2
+    assert not b.stalled(0.79) and b.stalled(0.81)  # the other's answer counts: heard at 0.3
     # a restarted worker maps the cell afresh: its slot (what the dead one had out) is zeroed
     again = QueueCells(tmp_path / "q", slot=1, processes=2)
     assert InstanceQueue(PARAMS, cell=again.cell("i-1"), slot=1).in_flight() == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,61 +27,13 @@ from mark.core.state import (
     make_state_store,
     redact_url,
 )
-
-REDIS_SERVER = "redis-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pings(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2).ping())
-    except redis.RedisError:
-        return False
-
-
-class PrivateRedis:
-    """A redis-server process of our own on a fixed loopback port, to kill and restart.
-
-    Its append-only file is fsynced on every write, so a restart keeps what was acknowledged:
-    the totals after an outage can then be compared with everything that was ever added."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.port = port or _free_port()
-        self.dir = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not _pings(self.port):
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+from tests.servers import PrivateRedis, free_port, pings
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Redis on 127.0.0.1:6379 when it answers, else a private one for this session."""
-    if _pings(6379):
+    if pings(6379):
         yield "redis://127.0.0.1:6379/0"
         return
     server = PrivateRedis(tmp_path_factory.mktemp("redis"))
@@ -325,7 +276,7 @@ def test_redact_url() -> None:
 # ---------------------------------------------------------------- failures of Redis itself
 
 async def test_unreachable_redis_is_state_unavailable_with_the_password_redacted() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     store = RedisStateStore(f"redis://admin:hunter2@127.0.0.1:{port}/0", timeout_s=0.5)
     with pytest.raises(StateUnavailable) as err:
         await store.start()

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +37,7 @@ from mark.backends.base import Backend
 from mark.control.loop import ControlLoop, ModelControl
 from mark.core.config import MarkConfig, ModelConfig
 from mark.core.errors import BadRequest, Conflict, NotFound
+from mark.core.profiles import shipped_profiles
 from mark.faas.runtime import FunctionRuntime
 from mark.models.repository import model_metadata, source_dir
 
@@ -118,6 +120,24 @@ class ModelRegistry:
             source_dir(model)  # ConfigError (400) naming the field
         return model
 
+    def _check_paths(self, doc: dict[str, Any]) -> None:
+        """A registered model's ``repository`` (code the server runs) and ``profile`` file
+        must lie under ``admin.model_paths``; checked before anything reads them."""
+        roots = [Path(r).resolve() for r in self.cfg.admin.model_paths]
+        for field in ("repository", "profile"):
+            value = doc.get(field)
+            if not isinstance(value, str) or (field == "profile" and value in shipped_profiles()
+                                              and not Path(value).exists()):
+                continue  # absent, a shipped profile, or a type the validation names
+            where = Path(value).resolve()
+            if not any(where.is_relative_to(root) for root in roots):
+                allowed = ", ".join(str(r) for r in roots) or "none: admin.model_paths is empty"
+                raise BadRequest(
+                    f"{field}: {value!r} is outside the directories a model registered through "
+                    f"the admin API may read ({allowed})"
+                    + ("; use a shipped profile: " + ", ".join(shipped_profiles())
+                       if field == "profile" else ""))
+
     async def _plan(self, model: ModelConfig) -> ModelControl:
         """The model's control, built off the event loop (a policy may size its plans)."""
         return await asyncio.to_thread(self.build, self.cfg, model)
@@ -148,6 +168,7 @@ class ModelRegistry:
         if self.cfg.model(name) is not None or name in self._busy:
             raise Conflict(f"model {name!r} is registered already (or being deleted); update "
                            "it with PUT /admin/models/{name} or delete it first")
+        self._check_paths(doc)
         model = self._parse(doc)
         self._busy.add(name)
         try:

@@ -295,6 +295,13 @@ class AdminConfig(_Strict):
         "only clients on loopback",
     )
 
+    model_paths: list[str] = Field(
+        default_factory=list, description="directories under which a model registered through "
+        "the admin API may name its `repository` or `profile` file (a repository is code the "
+        "server runs). Empty: such models take only shipped profiles and bundled kinds. Models "
+        "in this file are not limited",
+    )
+
     def effective_token(self) -> str | None:
         """The token in force: MARK_ADMIN_TOKEN, else ``token`` (None = loopback only)."""
         return os.environ.get("MARK_ADMIN_TOKEN") or self.token
