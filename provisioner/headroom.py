@@ -165,14 +165,20 @@ class Replay:
         return per_s * 3600.0
 
     def cheapest_m(self, lo: float, hi: float, inst_usd_per_req_s: float,
-                   faas_usd_per_req: float, min_saving: float = 0.05) -> tuple[float, float]:
+                   faas_usd_per_req: float, min_saving: float = 0.05,
+                   current: float | None = None) -> tuple[float, float]:
         """The multiplier in [lo, hi] (a coarse, then a fine grid) with the lowest replayed
         cost, and that cost per hour: more headroom than the SLO needs where instances are
         cheaper than the spill they save at burst onsets (a GPU fleet against FaaS). The
         replay is a model (a continuous fleet, the forecast as a quantile): a multiplier
-        above ``lo`` is taken only if it saves at least ``min_saving`` of ``lo``'s cost."""
+        above ``lo`` is taken only if it saves at least ``min_saving`` of ``lo``'s cost.
+        ``current``: the multiplier in force; within [lo, hi] it is the one another must
+        beat by ``min_saving`` (hysteresis: a replay refreshed every few minutes moves the
+        costs by a few per cent, and a floor that drops to ``lo`` and back ends and
+        relaunches its instances, or drops just before a burst)."""
         args = (inst_usd_per_req_s, faas_usd_per_req)
-        at_lo = float(self.usd_per_h(lo, *args)[0])
+        ref = current if current is not None and lo <= current <= hi else lo
+        at_ref = float(self.usd_per_h(ref, *args)[0])
         coarse = np.linspace(lo, hi, 17)
         usd = self.usd_per_h(coarse, *args)
         i = int(np.argmin(usd))
@@ -182,8 +188,8 @@ class Replay:
         j = int(np.argmin(f_usd))
         m, best = (float(fine[j]), float(f_usd[j])) if f_usd[j] < usd[i] else (
             float(coarse[i]), float(usd[i]))
-        if best > (1.0 - min_saving) * at_lo:
-            return lo, at_lo
+        if best > (1.0 - min_saving) * at_ref:
+            return ref, at_ref
         return m, best
 
 
@@ -261,15 +267,17 @@ def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, la
                      window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0,
                      spill_rps: float = 0.0, memories: bool = True,
                      inst: tuple[float, float] | None = None, q: float | None = None,
-                     burst_x: float | None = None) -> tuple[Option, ...]:
+                     burst_x: float | None = None, current_m: float | None = None
+                     ) -> tuple[Option, ...]:
     """Per FaaS memory size (``cfg``'s and larger ones, each with its cheapest batching for
     a spill stream of ``spill_rps``; only ``cfg`` with ``memories=False``): the cheapest
     multiplier whose unabsorbed share over the last ``window_s`` seconds is within
     ``slack_use`` x the SLO percentile's slack. ``inst``: (price of a request/s of instance
     capacity per second, capacity of one instance), default the cheapest type's; ``q``: the
     planner's forecast quantile (see :meth:`Replay.of`); ``burst_x``: what the fleet takes
-    in an overload per request/s of capacity (default: :func:`overload_x`). The expensive
-    half of
+    in an overload per request/s of capacity (default: :func:`overload_x`); ``current_m``:
+    the multiplier in force (kept unless another saves 5%, :meth:`Replay.cheapest_m`). The
+    expensive half of
     :func:`plan_headroom`: a policy may keep it for a few minutes (the history window moves
     slowly) and re-choose with :func:`choose_headroom` at every decision."""
     w = np.asarray(counts[-window_s:], dtype=np.float64)
@@ -284,7 +292,8 @@ def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, la
         m = _smallest_m(rp, absorb, allowed, max_multiplier)
         usd = math.inf
         if m is not None and math.isfinite(price):
-            m, usd = rp.cheapest_m(m, max_multiplier, price, o.cost_per_request_usd)
+            m, usd = rp.cheapest_m(m, max_multiplier, price, o.cost_per_request_usd,
+                                   current=current_m)
         mm = max_multiplier if m is None else m
         out.append(Option(o, absorb, m, usd, rp.share(absorb, mm)))
     return tuple(out)
