@@ -138,7 +138,7 @@ class GreedyState:
     headroom: tuple[HeadroomOption, ...] = ()  # the headroom replay's options ...
     headroom_at: float = -math.inf  # ... as of this time
     faas_floor_mb: float = 0.0  # FaaS memory bought for absorption (0: none)
-    headroom_m: float | None = None  # the headroom multiplier in force (None: none yet)
+    in_force: tuple[float, float] | None = None  # (FaaS MB, headroom multiplier) in force
 
 
 def greedy_plan(
@@ -426,7 +426,7 @@ class MArkGreedy:
         headroom: dict[str, float] = {}
         opts, opts_at = state.headroom, state.headroom_at
         floor_mb = 0.0
-        head_m = state.headroom_m
+        head_m = state.in_force
         if self.serving.spill and self.faas_limits and self.serving.types:
             if not opts or snap.now_s - opts_at >= self.headroom_every_s:
                 # the replay over hours of history moves slowly: refreshed every few minutes
@@ -434,14 +434,16 @@ class MArkGreedy:
                     self.ctx, faas, snap.counts, self.headroom_lag_s, self.cover_window_s,
                     spill_rps=spill_for, inst=self._headroom_inst,
                     q=getattr(forecast, "q", None), burst_x=self._headroom_burst_x,
-                    current_m=state.headroom_m), snap.now_s
+                    current=state.in_force), snap.now_s
             # FaaS must absorb the spill under way now (a burst's first minute: the last
             # seconds' rate, not the interval's mean) and the spill planned
             hr = choose_headroom(opts, base_rate(snap.counts),
                                  max(self.spill_rate_rps(snap, NOW_S), left),
                                  memory_mb=max(state.faas_floor_mb, faas.memory_mb))
             headroom = {**hr.info(), "headroom_overload_x": self._headroom_burst_x}
-            head_m = hr.multiplier
+            # the option in force (its memory and multiplier): kept at the next refresh
+            # unless another saves 5% (Replay.cheapest_m)
+            head_m = (float((hr.faas or faas).memory_mb), hr.multiplier)
             if hr.faas is not None and hr.faas.memory_mb > faas.memory_mb:
                 # a larger memory absorbs more: the settings the replay judged
                 floor_mb = hr.faas.memory_mb

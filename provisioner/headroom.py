@@ -267,17 +267,17 @@ def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, la
                      window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0,
                      spill_rps: float = 0.0, memories: bool = True,
                      inst: tuple[float, float] | None = None, q: float | None = None,
-                     burst_x: float | None = None, current_m: float | None = None
-                     ) -> tuple[Option, ...]:
+                     burst_x: float | None = None,
+                     current: tuple[float, float] | None = None) -> tuple[Option, ...]:
     """Per FaaS memory size (``cfg``'s and larger ones, each with its cheapest batching for
     a spill stream of ``spill_rps``; only ``cfg`` with ``memories=False``): the cheapest
     multiplier whose unabsorbed share over the last ``window_s`` seconds is within
     ``slack_use`` x the SLO percentile's slack. ``inst``: (price of a request/s of instance
     capacity per second, capacity of one instance), default the cheapest type's; ``q``: the
     planner's forecast quantile (see :meth:`Replay.of`); ``burst_x``: what the fleet takes
-    in an overload per request/s of capacity (default: :func:`overload_x`); ``current_m``:
-    the multiplier in force (kept unless another saves 5%, :meth:`Replay.cheapest_m`). The
-    expensive half of
+    in an overload per request/s of capacity (default: :func:`overload_x`); ``current``:
+    (FaaS memory in MB, multiplier) in force: that memory's option keeps the multiplier
+    unless another saves 5% on it (:meth:`Replay.cheapest_m`). The expensive half of
     :func:`plan_headroom`: a policy may keep it for a few minutes (the history window moves
     slowly) and re-choose with :func:`choose_headroom` at every decision."""
     w = np.asarray(counts[-window_s:], dtype=np.float64)
@@ -293,7 +293,8 @@ def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, la
         usd = math.inf
         if m is not None and math.isfinite(price):
             m, usd = rp.cheapest_m(m, max_multiplier, price, o.cost_per_request_usd,
-                                   current=current_m)
+                                   current=current[1] if current is not None
+                                   and current[0] == o.memory_mb else None)
         mm = max_multiplier if m is None else m
         out.append(Option(o, absorb, m, usd, rp.share(absorb, mm)))
     return tuple(out)

@@ -149,4 +149,5 @@ def test_the_headroom_multiplier_in_force_is_kept_within_the_saving_threshold() 
     pol = make_policy("mark", ctx_for())
     counts = _x100_bursts(1)
     d, state = pol.decide(Snapshot(float(counts.size), counts, (), SLO), pol.initial_state())
-    assert state.headroom_m == d.info["headroom_x"] > 0  # type: ignore[attr-defined]
+    mb, m = state.in_force  # type: ignore[attr-defined]
+    assert m == d.info["headroom_x"] > 0 and mb == d.info["faas_memory_mb"]
