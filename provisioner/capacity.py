@@ -76,3 +76,12 @@ def capacity_rps(svc_s: np.ndarray, batch: BatchConfig, budget_s: float, percent
     """Max Poisson rate meeting ``percentile`` latency <= ``budget_s`` (0 when infeasible)."""
     return _capacity(tuple(float(x) for x in svc_s), batch.max_batch, batch.max_queue_delay_s,
                      budget_s, percentile)
+
+
+def saturation_rps(svc_s: np.ndarray, batch: BatchConfig) -> float:
+    """Requests/s one instance serves back to back under ``batch`` (full batches): what it
+    takes in an overload, when the spill test keeps its queue within the wait budget and
+    sends the rest on (at least its capacity under the SLO, usually more: the capacity is
+    for Poisson arrivals at the SLO percentile, with idle gaps)."""
+    mb = min(batch.max_batch, svc_s.shape[0] - 1)
+    return max((b / float(svc_s[b]) for b in range(1, mb + 1) if svc_s[b] > 0), default=0.0)

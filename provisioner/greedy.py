@@ -63,7 +63,10 @@ where instances are cheaper than the onset spill they save (a GPU fleet). The Fa
 must also absorb the spill under way now (the last ``NOW_S`` seconds), so a first burst the
 history has not seen is met by the fastest functions at the next decision. The replay is
 refreshed every ``headroom_every_s`` (kept in the policy state). ``Decision.info``:
-``headroom_x``, ``headroom_base_rps``, ``headroom_floor_rps``, ``faas_absorb_rps``,
+``headroom_x``, ``headroom_base_rps``, ``headroom_floor_rps``, ``headroom_overload_x`` (what
+the fleet takes in an overload per request/s of its capacity: the spill test keeps each
+instance's queue within its wait budget, so a CPU fleet serving one request at a time takes
+about twice its capacity under the SLO before it spills), ``faas_absorb_rps``,
 ``faas_memory_mb``, ``expected_unabsorbed_share``, ``headroom_replay_usd_per_h``,
 ``throttling_accepted`` (1 when no floor up to the maximum keeps the allowance: the plan
 accepts throttling). At small scale the floor is 0 and the cheapest settings stay.
@@ -97,7 +100,13 @@ from provisioner.faas_tier import (
     faas_tier_cost_per_request,
 )
 from provisioner.headroom import Option as HeadroomOption
-from provisioner.headroom import base_rate, choose_headroom, headroom_options
+from provisioner.headroom import (
+    base_rate,
+    cheapest_instance,
+    choose_headroom,
+    headroom_options,
+    overload_x,
+)
 from provisioner.records import Decision, FaasConfig, LaunchOrder, ServingPlan, Snapshot
 from provisioner.serving import default_serving_plan
 
@@ -129,6 +138,7 @@ class GreedyState:
     headroom: tuple[HeadroomOption, ...] = ()  # the headroom replay's options ...
     headroom_at: float = -math.inf  # ... as of this time
     faas_floor_mb: float = 0.0  # FaaS memory bought for absorption (0: none)
+    in_force: tuple[float, float] | None = None  # (FaaS MB, headroom multiplier) in force
 
 
 def greedy_plan(
@@ -287,9 +297,10 @@ class MArkGreedy:
         # what a request/s of instance capacity held as headroom costs, and one instance's
         # capacity (the cheapest type per request)
         plan_types = (serving or default_serving_plan(ctx)).types
-        self._headroom_inst = min(
-            ((ctx.price_usd_per_h(t, m) / 3600.0 / ts.capacity_rps, ts.capacity_rps)
-             for t, ts in plan_types.items() for m in ctx.markets), default=(math.inf, 0.0))
+        self._headroom_inst = cheapest_instance(ctx, plan_types)
+        # ... and what it serves in an overload per request/s of that capacity (its queue
+        # kept within the wait budget by the spill test: a burst's onset spills only the rest)
+        self._headroom_burst_x = overload_x(ctx, plan_types)
         self.interval_s = interval_s
         self.horizon_steps = max(1, math.ceil(horizon_s / interval_s))
         self.hold_s = hold_s
@@ -397,6 +408,7 @@ class MArkGreedy:
 
         chosen = greedy_plan(f, self._candidates(snap.fleet, snap.now_s), self.interval_s,
                              faas_cpr if self.adaptive_faas else faas_cpr(1.0),
+                             max_new=self._max_new(float(np.max(f, initial=0.0))),
                              life_steps=self.life_s / self.interval_s,
                              faas_margin=self.first_launch_margin if self.faas_tier and not any(
                                  i.state != InstanceState.NOTICE for i in snap.fleet) else 1.0)
@@ -414,19 +426,24 @@ class MArkGreedy:
         headroom: dict[str, float] = {}
         opts, opts_at = state.headroom, state.headroom_at
         floor_mb = 0.0
+        head_m = state.in_force
         if self.serving.spill and self.faas_limits and self.serving.types:
             if not opts or snap.now_s - opts_at >= self.headroom_every_s:
                 # the replay over hours of history moves slowly: refreshed every few minutes
                 opts, opts_at = headroom_options(
                     self.ctx, faas, snap.counts, self.headroom_lag_s, self.cover_window_s,
                     spill_rps=spill_for, inst=self._headroom_inst,
-                    q=getattr(forecast, "q", None)), snap.now_s
+                    q=getattr(forecast, "q", None), burst_x=self._headroom_burst_x,
+                    current=state.in_force), snap.now_s
             # FaaS must absorb the spill under way now (a burst's first minute: the last
             # seconds' rate, not the interval's mean) and the spill planned
             hr = choose_headroom(opts, base_rate(snap.counts),
                                  max(self.spill_rate_rps(snap, NOW_S), left),
                                  memory_mb=max(state.faas_floor_mb, faas.memory_mb))
-            headroom = hr.info()
+            headroom = {**hr.info(), "headroom_overload_x": self._headroom_burst_x}
+            # the option in force (its memory and multiplier): kept at the next refresh
+            # unless another saves 5% (Replay.cheapest_m)
+            head_m = (float((hr.faas or faas).memory_mb), hr.multiplier)
             if hr.faas is not None and hr.faas.memory_mb > faas.memory_mb:
                 # a larger memory absorbs more: the settings the replay judged
                 floor_mb = hr.faas.memory_mb
@@ -460,7 +477,7 @@ class MArkGreedy:
                   **(cover.info() if self.faas_tier else {}), **headroom,
                   **self._type_reasons(chosen)},
         )
-        return decision, GreedyState(needed, True, faas, opts, opts_at, floor_mb)
+        return decision, GreedyState(needed, True, faas, opts, opts_at, floor_mb, head_m)
 
     def _type_reasons(self, chosen: list[Candidate]) -> dict[str, float]:
         """Why each type is (or is not) in the plan, as numbers: per type and market, its
@@ -518,7 +535,18 @@ class MArkGreedy:
         # so a slow-booting cheap type is not bridged by short-lived fast-booting ones
         need = np.full(self.horizon_steps, short)
         need[: max((c.ready_step for c in rest if not c.existing), default=0)] = 0.0
-        return chosen + greedy_plan(need, rest, self.interval_s)
+        return chosen + greedy_plan(need, rest, self.interval_s, max_new=self._max_new(short))
+
+    def _max_new(self, rate_rps: float) -> int:
+        """New instances one plan may launch: enough to carry ``rate_rps`` on the type with
+        the least capacity (``greedy_plan``'s default of 1,000 is ~3,500 req/s of
+        Inception-v3 c5.xlarge: at x100 a burst onset needs several thousand at once, and
+        a cap spreads the catch-up over as many decisions as it is short)."""
+        caps = [ts.capacity_rps / self.headroom for ts in self.serving.types.values()
+                if ts.capacity_rps > 0]
+        if not caps or not math.isfinite(rate_rps):
+            return 1000
+        return max(1000, math.ceil(rate_rps / min(caps)) + 1)
 
     def _cover(self, snap: Snapshot, rate: float, faas: FaasConfig
                ) -> tuple[Cover, list[Candidate], FaasConfig]:

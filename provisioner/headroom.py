@@ -35,13 +35,15 @@ Pure functions of the observed counts and the context.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from provisioner.capacity import saturation_rps
 from provisioner.context import PolicyContext
 from provisioner.faas_batching import choose_faas_config
-from provisioner.records import FaasConfig
+from provisioner.records import FaasConfig, TypeServing
 from provisioner.serving import default_serving_plan
 
 RESOLUTION_S = 5  # rates are judged on 5-second means (cheap; Poisson noise smoothed)
@@ -102,14 +104,18 @@ class Replay:
     r: np.ndarray
     lvl: np.ndarray
     base: np.ndarray
+    burst_x: float = 1.0  # what the fleet serves in an overload, per request/s of capacity
 
     @classmethod
-    def of(cls, counts: np.ndarray, lag_s: float, q: float | None = None) -> Replay:
+    def of(cls, counts: np.ndarray, lag_s: float, q: float | None = None,
+           burst_x: float = 1.0) -> Replay:
         """``q``: the plan covers the ``q``-quantile of the last two minutes' 5-second rates
-        (the planner's forecast); None: the last minute's mean."""
+        (the planner's forecast); None: the last minute's mean. ``burst_x``: requests/s the
+        fleet serves in an overload per request/s of its capacity under the SLO (its
+        instances' back-to-back throughput, :func:`overload_x`; 1: the capacity only)."""
         c = np.asarray(counts, dtype=np.float64)
         n_min = c.size // LEVEL_S
-        empty = cls(np.zeros(0), np.zeros(0), np.zeros(0))
+        empty = cls(np.zeros(0), np.zeros(0), np.zeros(0), burst_x)
         if n_min < 2:
             return empty
         c = c[c.size - n_min * LEVEL_S:]
@@ -130,18 +136,19 @@ class Replay:
         ok = j >= 0
         if not ok.any():
             return empty
-        return cls(r[ok], seen[j[ok]], med[j[ok]])
+        return cls(r[ok], seen[j[ok]], med[j[ok]], burst_x)
 
     def fleet(self, m: float) -> np.ndarray:
         return np.maximum(self.lvl, m * self.base)
 
     def share(self, absorb_rps: float, m: float) -> float:
         """Share of the requests spilled in windows where the spill exceeds ``UTILISATION`` x
-        what FaaS takes (``absorb_rps``), with a floor of ``m`` x base."""
+        what FaaS takes (``absorb_rps``), with a floor of ``m`` x base (the fleet taking
+        ``burst_x`` x its capacity before it spills)."""
         total = float(self.r.sum())
         if total <= 0:
             return 0.0
-        spill = np.maximum(self.r - self.fleet(m), 0.0)
+        spill = np.maximum(self.r - self.burst_x * self.fleet(m), 0.0)
         return float(spill[spill > UTILISATION * absorb_rps].sum() / total)
 
     def usd_per_h(self, m: float | np.ndarray, inst_usd_per_req_s: float,
@@ -152,19 +159,28 @@ class Replay:
         if self.r.size == 0:
             return np.zeros(ms.size)
         fleet = np.maximum(self.lvl[None, :], ms[:, None] * self.base[None, :])
-        spill = np.maximum(self.r[None, :] - fleet, 0.0)
+        spill = np.maximum(self.r[None, :] - self.burst_x * fleet, 0.0)
         per_s = (inst_usd_per_req_s * fleet.sum(axis=1)
                  + faas_usd_per_req * spill.sum(axis=1)) / self.r.size
         return per_s * 3600.0
 
     def cheapest_m(self, lo: float, hi: float, inst_usd_per_req_s: float,
-                   faas_usd_per_req: float, min_saving: float = 0.05) -> tuple[float, float]:
+                   faas_usd_per_req: float, min_saving: float = 0.05,
+                   current: float | None = None) -> tuple[float, float]:
         """The multiplier in [lo, hi] (a coarse, then a fine grid) with the lowest replayed
         cost, and that cost per hour: more headroom than the SLO needs where instances are
         cheaper than the spill they save at burst onsets (a GPU fleet against FaaS). The
         replay is a model (a continuous fleet, the forecast as a quantile): a multiplier
-        above ``lo`` is taken only if it saves at least ``min_saving`` of ``lo``'s cost."""
+        above ``lo`` is taken only if it saves at least ``min_saving`` of ``lo``'s cost.
+        ``current``: the multiplier in force; once above ``lo`` (the cheapest saved
+        ``min_saving`` when it was taken), the cheapest is kept while it saves anything on
+        ``lo`` (hysteresis: a replay refreshed every few minutes moves the costs by a few
+        per cent, and a floor that drops to ``lo`` and back ends and relaunches instances,
+        or drops just before a burst: a GPU floor fell 4.1x -> 2.6x the base two minutes
+        before one on the Twitter day at x20)."""
         args = (inst_usd_per_req_s, faas_usd_per_req)
+        if current is not None and current > lo:
+            min_saving = 0.0
         at_lo = float(self.usd_per_h(lo, *args)[0])
         coarse = np.linspace(lo, hi, 17)
         usd = self.usd_per_h(coarse, *args)
@@ -175,7 +191,7 @@ class Replay:
         j = int(np.argmin(f_usd))
         m, best = (float(fine[j]), float(f_usd[j])) if f_usd[j] < usd[i] else (
             float(coarse[i]), float(usd[i]))
-        if best > (1.0 - min_saving) * at_lo:
+        if best >= (1.0 - min_saving) * at_lo:
             return lo, at_lo
         return m, best
 
@@ -205,12 +221,36 @@ def memory_options(ctx: PolicyContext, cfg: FaasConfig, rate_rps: float) -> list
     return out
 
 
-def cheapest_instance(ctx: PolicyContext) -> tuple[float, float]:
+def cheapest_instance(ctx: PolicyContext,
+                      types: Mapping[str, TypeServing] | None = None) -> tuple[float, float]:
     """($ per second per request/s of capacity, capacity in requests/s) of the cheapest
-    type and market per request under the SLO (``(inf, 0)`` without types)."""
-    plan = default_serving_plan(ctx)
-    return min(((ctx.price_usd_per_h(t, m) / 3600.0 / ts.capacity_rps, ts.capacity_rps)
-                for t, ts in plan.types.items() for m in ctx.markets), default=(math.inf, 0.0))
+    type and market per request under the SLO (``(inf, 0)`` without types); ``types``:
+    the serving plan's (default: the context's default plan)."""
+    return _cheapest(ctx, types)[:2]
+
+
+def overload_x(ctx: PolicyContext, types: Mapping[str, TypeServing] | None = None) -> float:
+    """What the cheapest type (:func:`cheapest_instance`) serves in an overload per request/s
+    of its capacity under the SLO: its back-to-back throughput with full batches
+    (:func:`provisioner.capacity.saturation_rps`) over that capacity, at least 1. At a burst
+    onset the spill test keeps each instance's queue within its wait budget and sends only
+    the rest to FaaS, so an Inception-v3 CPU fleet (one request at a time, 132 ms on a
+    c5.xlarge against a 465 ms budget) takes ~2.2x its capacity before it spills; a GPU
+    batching 16 at its capacity's edge, ~1x."""
+    return _cheapest(ctx, types)[2]
+
+
+def _cheapest(ctx: PolicyContext, types: Mapping[str, TypeServing] | None
+              ) -> tuple[float, float, float]:
+    plan = default_serving_plan(ctx).types if types is None else types
+    best = (math.inf, 0.0, 1.0)
+    for t, ts in plan.items():
+        for m in ctx.markets:
+            usd = ctx.price_usd_per_h(t, m) / 3600.0 / ts.capacity_rps
+            if usd < best[0]:
+                sat = saturation_rps(ctx.profile.of(t).table_s(), ts.batch)
+                best = (usd, ts.capacity_rps, max(1.0, sat / ts.capacity_rps))
+    return best
 
 
 @dataclass(frozen=True)
@@ -229,18 +269,22 @@ class Option:
 def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, lag_s: float,
                      window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0,
                      spill_rps: float = 0.0, memories: bool = True,
-                     inst: tuple[float, float] | None = None, q: float | None = None
-                     ) -> tuple[Option, ...]:
+                     inst: tuple[float, float] | None = None, q: float | None = None,
+                     burst_x: float | None = None,
+                     current: tuple[float, float] | None = None) -> tuple[Option, ...]:
     """Per FaaS memory size (``cfg``'s and larger ones, each with its cheapest batching for
     a spill stream of ``spill_rps``; only ``cfg`` with ``memories=False``): the cheapest
     multiplier whose unabsorbed share over the last ``window_s`` seconds is within
     ``slack_use`` x the SLO percentile's slack. ``inst``: (price of a request/s of instance
     capacity per second, capacity of one instance), default the cheapest type's; ``q``: the
-    planner's forecast quantile (see :meth:`Replay.of`). The expensive half of
+    planner's forecast quantile (see :meth:`Replay.of`); ``burst_x``: what the fleet takes
+    in an overload per request/s of capacity (default: :func:`overload_x`); ``current``:
+    (FaaS memory in MB, multiplier) in force: that memory's option keeps the multiplier
+    unless another saves 5% on it (:meth:`Replay.cheapest_m`). The expensive half of
     :func:`plan_headroom`: a policy may keep it for a few minutes (the history window moves
     slowly) and re-choose with :func:`choose_headroom` at every decision."""
     w = np.asarray(counts[-window_s:], dtype=np.float64)
-    rp = Replay.of(w, lag_s, q)
+    rp = Replay.of(w, lag_s, q, overload_x(ctx) if burst_x is None else burst_x)
     allowed = slack_use * (100.0 - ctx.slo.percentile) / 100.0
     opts = memory_options(ctx, cfg, max(spill_rps, 1.0)) if memories else [cfg]
     price = cheapest_instance(ctx)[0] if inst is None else inst[0]
@@ -251,7 +295,9 @@ def headroom_options(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, la
         m = _smallest_m(rp, absorb, allowed, max_multiplier)
         usd = math.inf
         if m is not None and math.isfinite(price):
-            m, usd = rp.cheapest_m(m, max_multiplier, price, o.cost_per_request_usd)
+            m, usd = rp.cheapest_m(m, max_multiplier, price, o.cost_per_request_usd,
+                                   current=current[1] if current is not None
+                                   and current[0] == o.memory_mb else None)
         mm = max_multiplier if m is None else m
         out.append(Option(o, absorb, m, usd, rp.share(absorb, mm)))
     return tuple(out)
@@ -285,11 +331,11 @@ def plan_headroom(ctx: PolicyContext, cfg: FaasConfig, counts: np.ndarray, lag_s
                   window_s: int, slack_use: float = 0.5, max_multiplier: float = 8.0,
                   spill_rps: float = 0.0, memories: bool = True,
                   inst: tuple[float, float] | None = None, need_rps: float = 0.0,
-                  q: float | None = None) -> Headroom:
+                  q: float | None = None, burst_x: float | None = None) -> Headroom:
     """:func:`headroom_options` then :func:`choose_headroom` at the base rate now (see the
     module docstring); ``need_rps``: spill seen or planned now, so the first burst, before
     the history knows any, is met by FaaS's fastest settings."""
     opts = headroom_options(ctx, cfg, counts, lag_s, window_s, slack_use, max_multiplier,
-                            spill_rps, memories, inst, q)
+                            spill_rps, memories, inst, q, burst_x)
     return choose_headroom(opts, base_rate(np.asarray(counts[-window_s:])), need_rps,
                            max_multiplier)
