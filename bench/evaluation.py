@@ -498,8 +498,10 @@ def live_section(results: Path) -> tuple[list[str], dict[str, Any]]:
             f"Trace {sl.get('trace')} from minute {sl.get('start_min')} for "
             f"{sl.get('minutes')} minutes x{sl.get('scale')} ({sl.get('requests')} requests, "
             f"peak {sl.get('peak_rps')} req/s), policy `{d.get('policy')}`, emulated boot "
-            f"{d.get('launch_delay_s')} s; the same slice replayed in the simulator beside it. "
-            "Run by the lead (a live bench, not run by this script).", ""]
+            f"{d.get('launch_delay_s')} s; the same slice replayed in the simulator beside it"
+            + (f", both worlds' past the {sl['warmup_min']} minutes before it"
+               if sl.get("warmup_min") else "")
+            + ". Run by the lead (a live bench, not run by this script).", ""]
         body = []
         lv, sm = d.get("live", {}), d.get("simulated", {})
         for k in ("requests", "lost", "errors", "slo_attainment", "latency_ms.p50",

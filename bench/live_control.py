@@ -5,9 +5,10 @@ minute 13), scaled to this machine, is replayed open loop through ``mark up`` (i
 the front end, real Triton processes serving the ``profiled`` Inception-v3 model with
 c5/m5 service times, the control loop with the ``mark`` policy, FaaS unavailable), and the
 same counts run through ``mark simulate`` with the same profile, catalogue (the launch delay
-this deployment really has: ``fleet.launch_delay_s`` plus Triton's start), policy options
-and pre-roll (the slice's first 10 minutes seen by the first step; its launches are the
-starting fleet in both worlds).
+this deployment really has: ``fleet.launch_delay_s`` plus Triton's start) and policy options.
+Neither world sees the slice before it happens: both policies' past is the 10 minutes before
+it (a separate warm-up slice), and the first step's launches are the starting fleet in both.
+Requests the simulator finds no instance for (FaaS unavailable) count as errors.
 
 Prints and writes, for both: cost (USD; live from the cost ledger over the replay), SLO
 attainment (98% under 500 ms), p50/p98 latency, requests lost, launches; and a PNG
@@ -50,7 +51,7 @@ from mark.sim import simulate  # noqa: E402
 
 __all__ = ["MODEL", "plot", "slice_counts"]
 
-PREROLL_S = 600
+WARMUP_MIN = 10
 
 
 def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
@@ -58,10 +59,9 @@ def config(runtime: Path, launch_delay_s: float) -> MarkConfig:
                        FunctionsConfig(enabled=False))  # the policy plans with FaaS unavailable
 
 
-def live(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
-    """Replay ``counts`` through the cluster; its first step saw the first ``PREROLL_S`` s
-    (as the simulator's does)."""
-    r = replay(cfg, counts, counts[:PREROLL_S], seed)
+def live(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
+    """Replay ``counts`` through the cluster, its loop's past being ``history``."""
+    r = replay(cfg, counts, history, seed)
     return {
         "requests": r.result.sent, "lost": r.result.lost,
         "errors": sum(r.result.errors.values()), "slo_attainment": r.attainment(),
@@ -70,14 +70,18 @@ def live(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
     }
 
 
-def simulated(counts: np.ndarray, cfg: MarkConfig, seed: int) -> dict[str, Any]:
+def simulated(counts: np.ndarray, history: np.ndarray, cfg: MarkConfig,
+              seed: int) -> dict[str, Any]:
     r = simulate(counts, "mark", profile=PROFILE, catalogue=planning_catalogue(cfg), slo=SLO,
-                 types=CPU_TYPES, seed=seed,
+                 types=CPU_TYPES, seed=seed, history=history,
                  policy_kw={"interval_s": INTERVAL_S, "spill": False})
     doc = r.to_json()
     return {
-        "requests": r.requests, "lost": 0, "errors": 0, "slo_attainment": r.slo_attainment,
-        "latency_ms": {k: round(v, 2) for k, v in r.latency_ms.items()},
+        "requests": r.requests, "lost": 0, "errors": int(doc["failed"]),
+        "slo_attainment": r.slo_attainment,
+        # JSON's own numbers: a percentile among failed requests is null, not Infinity
+        "latency_ms": {k: None if v is None else round(v, 2)
+                       for k, v in doc["latency_ms"].items()},
         "cost_usd": r.cost_usd["total"], "launches": int(doc["launches"]),
         "timeline": sim_timeline(r.timeline),
     }
@@ -112,27 +116,28 @@ def plot(counts: np.ndarray, out: dict[str, Any], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--start-min", type=int, default=200, help="minute of the trace to start")
-    ap.add_argument("--minutes", type=int, default=20, help="length of the slice; both worlds' "
-                    "first step sees its first 10 minutes (the simulator's pre-roll)")
+    ap.add_argument("--minutes", type=int, default=20, help="length of the slice (both worlds' "
+                    "past: the 10 minutes before it)")
     ap.add_argument("--scale", type=float, default=0.15, help="multiplies the trace's rates")
     ap.add_argument("--launch-delay", type=float, default=20.0, help="emulated boot (s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(REPO / "bench/results/live_control.json"))
     ap.add_argument("--png", default=str(REPO / "bench/results/live_control.png"))
     args = ap.parse_args()
-    if args.minutes < 1:
-        ap.error("--minutes must be >= 1")
+    if args.minutes < 1 or args.start_min < WARMUP_MIN:
+        ap.error(f"--minutes must be >= 1 and --start-min >= {WARMUP_MIN} (the warm-up slice)")
     counts = slice_counts(args.start_min, args.minutes, args.scale, args.seed)
+    history = slice_counts(args.start_min - WARMUP_MIN, WARMUP_MIN, args.scale, args.seed + 1)
     with tempfile.TemporaryDirectory(prefix="mark-live-") as tmp:
         cfg = config(Path(tmp), args.launch_delay)
         t0 = time.perf_counter()
-        sim = simulated(counts, cfg, args.seed)
+        sim = simulated(counts, history, cfg, args.seed)
         sim_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        lv = live(counts, cfg, args.seed)
+        lv = live(counts, history, cfg, args.seed)
         live_s = time.perf_counter() - t0
     out = {"slice": {"trace": "twitter-2021-08-week1", "start_min": args.start_min,
-                     "minutes": args.minutes, "scale": args.scale,
+                     "minutes": args.minutes, "warmup_min": WARMUP_MIN, "scale": args.scale,
                      "requests": int(counts.sum()),
                      "peak_rps": int(counts.max())},
            "launch_delay_s": args.launch_delay, "policy": "mark (FaaS unavailable)",
@@ -142,8 +147,10 @@ def main() -> None:
     for world in ("live", "simulated"):
         r = out[world]
         cost = "-" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
-        print(f"{world:10s} {cost:>9s} {r['slo_attainment']:8.2%} {r['latency_ms']['p50']:8.1f} "
-              f"{r['latency_ms']['p98']:8.1f} {r['lost']:5d} {r['errors']:6d} "
+        p50, p98 = (f"{v:8.1f}" if v is not None else f"{'-':>8s}"
+                    for v in (r["latency_ms"]["p50"], r["latency_ms"]["p98"]))
+        print(f"{world:10s} {cost:>9s} {r['slo_attainment']:8.2%} {p50} "
+              f"{p98} {r['lost']:5d} {r['errors']:6d} "
               f"{r['launches']:8d} {r['requests']:9d}")
     if lv["cost_usd"] and sim["cost_usd"]:
         print(f"live / simulated cost: {lv['cost_usd'] / sim['cost_usd']:.2f}")
