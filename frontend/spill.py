@@ -19,8 +19,8 @@ where the profile is optimistic.
 
 Reality corrects the model: when an instance has nothing in flight, its queue is empty
 (``idle``), however slow or fast the model predicted; while requests are in flight it is
-busy at least until now; and an instance that has not answered for a whole wait budget while
-requests are out is stalled (``stalled``): nothing is admitted there until it answers.
+busy at least until now; and an instance that has not answered for twice its wait budget
+while requests are out is stalled (``stalled``): nothing is admitted there until it answers.
 
 With several front-end processes on a host (``frontend.workers`` > 1) the kernel spreads the
 requests over them; each instance's queue state then lives in a cell they all map
@@ -98,6 +98,9 @@ class PredictionErrors:
         return max(self.floor_s, min(self.learned_s, self.cap * budget_s))
 
 
+STALL_BUDGETS = 2.0  # no answer for this many wait budgets with requests out: stalled
+
+
 class InstanceQueue:
     """One instance's queue as the front end models it (see the module docstring).
 
@@ -164,11 +167,12 @@ class InstanceQueue:
         cell[HEARD] = max(cell[HEARD], t)
 
     def stalled(self, t: float) -> bool:
-        """Requests are out and the instance has not answered for a whole wait budget: no
+        """Requests are out and the instance has not answered for twice its wait budget: no
         batch the plan admits takes that long, so it is stopped or far slower than its
         profile (a SIGSTOPped process, a host swapping) and what it is sent now would be late.
-        Until it answers again, or its health check takes it out, requests spill."""
-        return t - self.cell[HEARD] > self.params.budget_s and self.in_flight() > 0
+        Until it answers again, or its health check takes it out, requests spill. (Twice: a
+        loaded host's jitter alone must not send a whole burst to functions.)"""
+        return t - self.cell[HEARD] > STALL_BUDGETS * self.params.budget_s and self.in_flight() > 0
 
     def _dispatched(self, t: float) -> tuple[float, int]:
         """(busy until, open batch size) at ``t``: an open batch whose dispatch time has come

@@ -85,7 +85,7 @@ def test_the_learned_margin_is_bounded() -> None:
 
 
 def test_a_stalled_instance_is_admitted_nothing_until_it_answers() -> None:
-    """Requests out and no answer for a whole budget (a SIGSTOPped instance): the model
+    """Requests out and no answer for two budgets (a SIGSTOPped instance): the model
     alone would see a free instance again once its predicted batches are done; it must not."""
     q = InstanceQueue(SpillParams.of([0.0, 0.2], 1, 0.0, 0.5))
     assert q.admit(0.0)
@@ -93,8 +93,8 @@ def test_a_stalled_instance_is_admitted_nothing_until_it_answers() -> None:
     q.busy_now(0.3)
     assert q.admit(0.3)  # 0.2 -> 0.4 done, then this one by 0.6: within the budget
     q.sent(0.3)
-    q.busy_now(0.51)
-    assert not q.stalled(0.5) and q.stalled(0.51)  # nothing heard since 0.0
+    q.busy_now(1.01)
+    assert not q.stalled(1.0) and q.stalled(1.01)  # nothing heard since 0.0 (2 budgets)
     q.busy_now(2.0)
     assert q.predict_s(2.0)[0] == pytest.approx(0.2)  # the model alone: free again
     assert not q.admit(2.0)  # but it owes two answers and has given none: spill
