@@ -132,3 +132,20 @@ def test_every_result_carries_the_faas_counters() -> None:
     assert r.spill_share == 0.0
     assert {r.extra[k] for k in ("faas_invocations", "faas_cold_starts", "faas_throttled",
                                  "faas_max_concurrency")} == {0}
+
+
+def test_the_hindsight_search_returns_its_cheapest_variant_meeting_the_slo(
+        twitter_slice: np.ndarray, results: dict) -> None:
+    """Each variant alone, then the search's pick: the cheapest of those meeting the SLO (it
+    keeps only its best run so far, not every variant's per-request arrays)."""
+    best = results["oracle"]
+    slo = Slo(200, 98)
+    alone = [simulate(twitter_slice, "oracle", policy_kw=dict(v), scale=3.0, slo=slo, seed=1,
+                      timeline=False) for v in POLICIES["oracle"].search_space]
+    usd = [round(r.cost_usd["total"], 6) for r in alone]
+    assert best.extra["variants_usd"] == usd
+    ok = [(u, i) for i, (u, r) in enumerate(zip(usd, alone, strict=True)) if r.slo_attainment >= 0.98]
+    u, i = min(ok)
+    assert best.extra["variant"] == POLICIES["oracle"].search_space[i]
+    assert round(best.cost_usd["total"], 6) == u
+    assert len(set(usd)) > 1  # the variants differ: the pick is a choice
