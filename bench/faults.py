@@ -387,7 +387,8 @@ class Stack:
         return self.frontend_pids()[1:]
 
     def instance_pid(self, url: str) -> int | None:
-        """The tritonserver process serving at ``url`` (a child of the provisioner)."""
+        """The process group of the instance serving at ``url`` (a child of the provisioner:
+        tritonserver, its Python-backend stubs and the wrapper that leads them)."""
         port = url.rsplit(":", 1)[1]
         prov = self.procs["provisioner"]
         if not prov.running():
@@ -395,7 +396,10 @@ class Stack:
         for pid in descendants(prov.pid):
             cmd = cmdline(pid)
             if "tritonserver" in cmd and f"--http-port={port}" in cmd:
-                return pid
+                try:
+                    return os.getpgid(pid)
+                except ProcessLookupError:
+                    continue
         return None
 
     def sandbox_pids(self) -> list[int]:
@@ -846,7 +850,7 @@ async def kill_provisioner(stack: Stack, during: Hook | None = None) -> Injected
     lock to expire)."""
     prov = stack.procs["provisioner"]
     prov.watch()
-    instances = [p for p in prov.family if "tritonserver" in cmdline(p)]
+    instances = [p for p in prov.family if cmdline(p).split(" ", 1)[0].endswith("tritonserver")]
     stubs = [p for p in prov.family if "triton_python_backend_stub" in cmdline(p)]
     t = time.monotonic()
     prov.kill9()

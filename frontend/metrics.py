@@ -42,11 +42,12 @@ import logging
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.samples import Sample
 from sanic import Request, Sanic, response
@@ -181,12 +182,31 @@ def flush_all() -> None:
             flush()
 
 
-def render(flush: bool = True) -> bytes:
+class _KnownModels:
+    """``reg``'s families with the gauges of models not in ``models`` left out: a deleted
+    model's last values (written to files that outlive the series) are not current. Its
+    counters stay: what was served was served."""
+
+    def __init__(self, reg: CollectorRegistry, models: Collection[str]) -> None:
+        self.reg, self.models = reg, models
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self.reg.collect():
+            if fam.type == "gauge":
+                fam.samples = [s for s in fam.samples
+                               if s.labels.get("model", "") in self.models
+                               or "model" not in s.labels]
+            yield fam
+
+
+def render(flush: bool = True, models: Collection[str] | None = None) -> bytes:
     """The Prometheus text exposition of every process's metrics (``flush``: this process's
-    pending sums first; only on the thread its front ends record on)."""
+    pending sums first; only on the thread its front ends record on). ``models``: the models
+    known now; gauges of others (deleted ones) are left out (None: all are rendered)."""
     if flush:
         flush_all()
-    return generate_latest(registry())
+    reg = registry()
+    return generate_latest(reg if models is None else _KnownModels(reg, models))
 
 
 def aggregate(names: Iterable[str]) -> dict[str, list[Sample]]:
@@ -258,6 +278,10 @@ class FrontendMetrics:
         self._flusher = (threading.get_ident(), self.flush)
         _state.flushers.append(self._flusher)
         _state.recording = True
+
+    def models(self) -> Mapping[str, ModelConfig]:
+        """The models the front end knows now."""
+        return self._models()
 
     @classmethod
     def attach(cls, front: _Front, timings: TimingLog) -> FrontendMetrics:
@@ -415,7 +439,7 @@ def add_metrics_route(app: Sanic[Any, Any], metrics: FrontendMetrics | None) -> 
 
     async def metrics_route(request: Request) -> HTTPResponse:
         flush_all()  # here, on the loop the recorders run on; the files are read in a thread
-        body = await asyncio.to_thread(render, False)
+        body = await asyncio.to_thread(render, False, frozenset(metrics.models()))
         return response.raw(body, content_type=CONTENT_TYPE)
 
     app.add_route(metrics_route, "/metrics", methods=["GET"], name="metrics")

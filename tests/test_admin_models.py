@@ -81,6 +81,15 @@ def load(c: ClusterThread, model: str, rps: float, seconds: float, seed: int) ->
     return asyncio.run(run())
 
 
+def reg_gauges(c: ClusterThread) -> list[str]:
+    """The lines of gauges of the model ``reg`` in ``/metrics``."""
+    text = requests.get(f"{c.url}/metrics", timeout=10).text
+    gauges = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")
+              and line.endswith(" gauge")}
+    return [line for line in text.splitlines() if 'model="reg"' in line
+            and line.split("{")[0] in gauges]
+
+
 def test_register_validates_and_names_the_field(cluster: ClusterThread) -> None:
     allowed = cluster.cluster.cfg.admin.model_paths[0]
     cases = [
@@ -148,6 +157,7 @@ def test_register_infer_update_delete(cluster: ClusterThread) -> None:
 
     # delete under load (as above): everything sent is answered, 200 before, 404 after
     ids = {i["id"] for i in ready_instances(cluster, "reg")}
+    wait_for(lambda: reg_gauges(cluster), what="the control plane's gauges of the model")
     gap_s = 1.0 / 6.0
 
     async def during_delete() -> Counter[int | str]:
@@ -180,6 +190,12 @@ def test_register_infer_update_delete(cluster: ClusterThread) -> None:
              what="the model to be gone")
     r = requests.post(f"{cluster.url}/v2/models/reg/infer", json=BODY, timeout=10)
     assert r.status_code == 404 and "reg" in r.json()["error"]
+    # its gauges (last values, in files that outlive them) are gone from /metrics; its
+    # counters stay (what was served was served)
+    assert reg_gauges(cluster) == [], reg_gauges(cluster)
+    text = requests.get(f"{cluster.url}/metrics", timeout=10).text
+    assert 'mark_requests_total{backend="iaas",model="reg",status="200"}' in text
+    assert 'mark_slo_latency_seconds{model="base"}' in text
     # the configured model was never disturbed
     assert requests.post(f"{cluster.url}/v2/models/base/infer", json=BODY,
                          timeout=10).status_code == 200

@@ -20,7 +20,13 @@ import pytest
 
 import mark.backends.local as local
 from mark.backends.base import LaunchSpec, make_backend
-from mark.backends.local import LocalBackend, free_port, release_port, with_pdeathsig
+from mark.backends.local import (
+    LocalBackend,
+    free_port,
+    release_port,
+    with_group_pdeathsig,
+    with_pdeathsig,
+)
 from mark.core.catalogue import load_catalogue
 from mark.core.config import FleetConfig, MarkConfig, ModelConfig
 from mark.core.errors import Conflict, NotFound
@@ -89,6 +95,58 @@ def test_wrapper_runs_nothing_when_the_parent_is_already_gone(tmp_path: Path) ->
     assert not marker.exists()
     argv = with_pdeathsig(["touch", str(marker)])
     assert subprocess.run(argv, timeout=30).returncode == 0 and marker.exists()
+
+
+def test_the_group_wrapper_takes_the_commands_children_along_with_its_parent() -> None:
+    """A command's own children (Triton's Python-backend stubs) do not get its death signal:
+    under :func:`with_group_pdeathsig` the whole group dies with the parent that started it
+    (under ``with_pdeathsig`` the grandchild here outlives it); signals the group gets reach
+    the command, and the wrapper exits as it did."""
+    code = textwrap.dedent("""
+        import subprocess, sys, time
+        from mark.backends.local import with_group_pdeathsig
+        sh = ["sh", "-c", "sleep 60 & echo $!; exec sleep 61"]
+        child = subprocess.Popen(with_group_pdeathsig(sh), start_new_session=True,
+                                 stdout=subprocess.PIPE)
+        print(child.pid, child.stdout.readline().decode().strip(), flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    wrapper, grandchild = (int(x) for x in parent.stdout.readline().split())
+    try:
+        assert os.getpgid(grandchild) == wrapper and os.getsid(wrapper) == wrapper
+        assert _state(grandchild) not in ("gone", "Z")
+        parent.kill()  # SIGKILL: the parent gets no chance to clean up
+        parent.wait()
+        assert _wait_for(lambda: _state(grandchild) in ("gone", "Z"), 5.0), (
+            "the command's child outlived the parent")
+        assert _wait_for(lambda: _state(wrapper) in ("gone", "Z"), 5.0)
+    finally:
+        for pid in (grandchild, wrapper):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    # SIGTERM to the group ends the command; the wrapper re-raises how it ended
+    proc = subprocess.Popen(with_group_pdeathsig(["sleep", "60"]), start_new_session=True)
+    assert _wait_for(lambda: any(_comm(p) == "sleep" for p in _kids(proc.pid)))
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+    assert subprocess.run(with_group_pdeathsig(["sh", "-c", "exit 3"]), timeout=30,
+                          start_new_session=True).returncode == 3
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _kids(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def test_free_port_never_hands_out_a_port_twice() -> None:

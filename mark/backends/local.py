@@ -1,9 +1,11 @@
 """The ``local`` backend: each instance is a real ``tritonserver`` process on loopback.
 
 Processes are started in their own session (so a terminal's Ctrl-C reaches only ``mark``,
-which then stops them in order) with ``PR_SET_PDEATHSIG`` = SIGKILL, so that no instance
-outlives a parent that crashed or was killed. Terminating signals the whole process group
-(tritonserver and its Python-backend stubs), waits, then kills, and always reaps.
+which then stops them in order) under a wrapper with ``PR_SET_PDEATHSIG`` that kills the
+session's whole process group (tritonserver and its Python-backend stubs) when its parent
+dies, so that no instance outlives a parent that crashed or was killed
+(:func:`with_group_pdeathsig`). Terminating signals the whole process group, waits, then
+kills, and always reaps.
 
 How children get both without a ``preexec_fn`` (which runs Python between fork and exec in
 the child of a threaded parent, where the docs warn it can deadlock): the new session comes
@@ -73,6 +75,50 @@ if os.getppid() != int(sys.argv[2]):
     os._exit(1)
 os.execvp(sys.argv[3], sys.argv[3:])
 """
+
+
+# argv: the pid of the parent that must still be alive, the command. The wrapper stays as
+# the process group's leader (run with start_new_session=True): when the parent dies (the
+# death signal, SIGHUP here) it kills the whole group, the command's own children too. It
+# lets SIGTERM/SIGINT (sent to the group) reach the command, waits for it and exits as it
+# did (re-raising the signal that ended it). The command dies with it (SIGKILL as its own
+# death signal), should the wrapper be killed.
+_GROUP_WRAPPER = """\
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def die(*_):
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+signal.signal(signal.SIGHUP, die)
+if libc.prctl(1, int(signal.SIGHUP), 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    die()
+for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, lambda *_: None)
+me = os.getpid()
+pid = os.fork()
+if pid == 0:
+    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_DFL)
+    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0 or os.getppid() != me:
+        os._exit(1)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status = os.waitpid(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(me, -code)
+sys.exit(code)
+"""
+
+
+def with_group_pdeathsig(argv: Sequence[str]) -> list[str]:
+    """``argv`` under a wrapper that kills its whole process group when the process that
+    starts it dies, so processes the command starts die too (Triton's Python-backend stubs
+    do not get Triton's death signal, and one waiting on a Triton killed mid-request waited
+    for ever). Run the result with ``start_new_session=True``; the wrapper's pid is the
+    group's. One small interpreter (~10 MB) stays per command."""
+    return [sys.executable, "-I", "-S", "-c", _GROUP_WRAPPER, str(os.getpid()), *argv]
 
 
 def with_pdeathsig(argv: Sequence[str], sig: int = signal.SIGKILL) -> list[str]:
@@ -287,7 +333,7 @@ class LocalBackend:
             inst.extra["log_offset"] = logf.tell()  # where this start's output begins
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *with_pdeathsig(args),
+                    *with_group_pdeathsig(args),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=logf,
                     stderr=asyncio.subprocess.STDOUT,
