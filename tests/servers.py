@@ -1,7 +1,9 @@
-"""Real servers the tests start on loopback: a private ``redis-server``, moto in server mode."""
+"""Real servers the tests start on loopback: a private ``redis-server``, moto in server mode;
+and what readies one: warm sandboxes in the function runtime."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import redis
 
 REDIS_SERVER = "redis-server"
@@ -84,3 +87,16 @@ def moto_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def warm_functions(runtime_url: str, model: str, n: int) -> None:
+    """Start ``n`` sandboxes of ``model``'s function with concurrent empty events, so a
+    burst's spill finds them warm, as a running service's does (``n`` cold starts at once on
+    a loaded 2-core host take seconds each, past the requests' deadline)."""
+    url = f"{runtime_url}/2015-03-31/functions/mark-{model}/invocations"
+    async with aiohttp.ClientSession() as s:
+        async def one() -> None:
+            async with s.post(url, json={"model": model, "requests": []}) as r:
+                await r.read()
+
+        await asyncio.gather(*(one() for _ in range(n)))

@@ -191,7 +191,12 @@ def test_the_concurrency_limit_throttles_with_lambdas_error(rt: RuntimeThread) -
     invoke(rt, "mark-incep", slow)  # warm the one sandbox first
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(invoke, rt, "mark-incep", slow)
-        time.sleep(0.25)
+        # Wait for the runtime to hold the first call (a fixed sleep lost this race on a
+        # loaded host: the second call arrived before the first and nothing was throttled).
+        deadline = time.monotonic() + 5
+        while rt.stats()["mark-incep"]["busy"] < 1:
+            assert time.monotonic() < deadline, "the first call never reached its sandbox"
+            time.sleep(0.005)
         with pytest.raises(ClientError) as err:
             rt.client.invoke(FunctionName="mark-incep", Payload=slow)
         resp, _, took = first.result()

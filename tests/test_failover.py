@@ -39,7 +39,19 @@ def test_killing_an_instance_during_load_loses_no_request(two_instances: Cluster
             load = asyncio.create_task(client.closed_loop(concurrency=16, duration_s=3.0,
                                                           warmup_s=0.2))
             await asyncio.sleep(1.2)
-            os.kill(pid, signal.SIGKILL)
+            # Freeze the instance (its process group: the wrapper, Triton, the stubs) until
+            # the front end has a request in flight on it, then kill it: the kill always hits
+            # a request (the identity model answers in a millisecond, and the front end
+            # forgets an instance the moment its process exits, so an unfrozen kill on a
+            # loaded host could hit nothing, and the retry path would go untested).
+            os.killpg(pid, signal.SIGSTOP)
+            try:
+                for _ in range(2000):
+                    if two_instances.cluster.front.inflight.get(victim.id, 0) > 0:
+                        break
+                    await asyncio.sleep(0.001)
+            finally:
+                os.killpg(pid, signal.SIGKILL)
             res = await load
         return res.sent, res.ok, sum(res.errors.values()), res.lost
 

