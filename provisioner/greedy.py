@@ -73,8 +73,10 @@ instance's queue within its wait budget, so a CPU fleet serving one request at a
 about twice its capacity under the SLO before it spills), ``faas_absorb_rps``,
 ``faas_memory_mb``, ``expected_unabsorbed_share``, ``headroom_replay_usd_per_h``,
 ``throttling_accepted`` (1 when the plan accepts throttling), ``throttling_reason`` (1: no
-floor up to the maximum keeps the allowance; 2: the cold-start throttling at burst onsets,
-``expected_throttled_share``, is left within it), ``headroom_period_s`` and
+floor up to the maximum keeps the allowance; 3: spill beyond what FaaS absorbs at burst
+onsets is left within it, the SLO's minimum floor or a cheaper one; 2: only the cold-start
+throttling at burst onsets, ``expected_throttled_share``, is; ``expected_unabsorbed_share``
+counts all the requests the plan expects to meet FaaS's limits), ``headroom_period_s`` and
 ``headroom_duty`` (a burst calendar: the floor is held from a launch delay before each of its
 windows to the window's end, ``headroom_floor_now_rps``; a larger FaaS memory only in the
 windows or while spill under way needs it). A memory that the spill under way forced is not

@@ -50,8 +50,9 @@ Lambda, ~$25 of a ten-hour slice the hindsight plan runs for $28).
 its first seconds FaaS takes only ``faas_onset(...).rps`` (~350 req/s of Inception-v3 at
 3,008 MB: 1,000 environments each 2.5 s cold and 0.38 s a request); the rest is throttled
 and retried late. The replay counts it (:meth:`Replay.shares`) within the SLO's
-allowance, and the plan says it accepts it (``throttling_reason`` 2; 1: no floor keeps the
-allowance).
+allowance, and the plan says it accepts it (``throttling_reason`` 2; 3: spill beyond what FaaS
+absorbs, also throttled, left within the allowance as the SLO's cheapest floor; 1: no
+floor keeps the allowance).
 
 Pure functions of the observed counts and the context.
 """
@@ -174,12 +175,21 @@ class Headroom:
                 "expected_throttled_share": self.throttled_share,
                 "headroom_replay_usd_per_h": self.usd_per_h,
                 "throttling_accepted": float(self.accepted_throttling
-                                             or self.throttled_share > 0.0),
-                # why: 1, no floor up to the maximum keeps the allowance; 2, the plan
-                # leaves the cold-start throttling at burst onsets within it (instances
-                # held for it would cost more); 0, none expected
-                "throttling_reason": (1.0 if self.accepted_throttling
-                                      else 2.0 if self.throttled_share > 0.0 else 0.0)}
+                                             or self.unabsorbed_share > 0.0),
+                "throttling_reason": float(self.throttling_reason)}
+
+    @property
+    def throttling_reason(self) -> int:
+        """Why the plan accepts throttling: 1, no floor up to the maximum keeps the
+        allowance; 3, it leaves spill beyond what FaaS takes at burst onsets (its limits:
+        throttled and retried late) within the allowance, where more instances to absorb
+        it would cost more; 2, only the cold-start throttling at burst onsets; 0, none
+        expected (``expected_unabsorbed_share`` counts both 3's and 2's requests)."""
+        if self.accepted_throttling:
+            return 1
+        if self.unabsorbed_share > self.throttled_share:
+            return 3
+        return 2 if self.throttled_share > 0.0 else 0
 
 
 @dataclass(frozen=True)
@@ -389,21 +399,41 @@ class Calendar:
     """Phases of a period in which bursts have started: ``windows`` as (start phase, length)
     in seconds of ``period_s``, on the policy's clock. Where bursts come on a schedule (the
     Twitter week's start within minutes of the hour or the half hour), the floor is held only
-    in these windows and the fleet follows the forecast between them."""
+    in these windows and the fleet follows the forecast between them.
+
+    ``onsets`` (the episodes' starts it was learnt on) and ``refractory_s``: no burst has come
+    sooner than twice this after another, so a window that opens within it after an onset is
+    skipped (the Twitter week's bursts come 1-5 h apart, never in the next half hour: a
+    floor held at every half hour paid for that window after each burst, about a quarter of
+    its windows)."""
 
     period_s: float
     windows: tuple[tuple[float, float], ...]
+    onsets: tuple[float, ...] = ()
+    refractory_s: float = 0.0
 
     def mask(self, t: np.ndarray) -> np.ndarray:
         """1.0 where ``t`` falls in a window, else 0.0."""
-        ph = np.mod(np.asarray(t, dtype=np.float64), self.period_s)
+        t = np.asarray(t, dtype=np.float64)
+        ph = np.mod(t, self.period_s)
         out = np.zeros(ph.shape, dtype=bool)
+        on = np.asarray(self.onsets, dtype=np.float64)
         for start, length in self.windows:
-            out |= np.mod(ph - start, self.period_s) < length
+            into = np.mod(ph - start, self.period_s)
+            inside = into < length
+            if self.refractory_s > 0 and on.size:
+                opened = t - into  # when this occurrence of the window opened
+                i = np.searchsorted(on, opened, side="right") - 1
+                since = np.where(i >= 0, opened - on[np.maximum(i, 0)], np.inf)
+                inside &= ~((since > 0) & (since < self.refractory_s))
+            out |= inside
         return out.astype(np.float64)
 
     def active(self, t0: float, t1: float) -> bool:
         """Whether some window overlaps [t0, t1]."""
+        if self.refractory_s > 0 and self.onsets:  # windows last minutes: a 5 s grid
+            grid = np.append(np.arange(t0, t1, RESOLUTION_S), t1)
+            return bool(self.mask(grid).any())
         for start, length in self.windows:
             x = (t0 - start) % self.period_s  # how far into (or past) the window t0 is
             if x < length or self.period_s - x <= t1 - t0:
@@ -441,10 +471,14 @@ def episodes(rp: Replay, absorb_rps: float, bursts: bool = False
 
 def calendar_of(eps: list[tuple[float, np.ndarray]], period_s: float) -> Calendar:
     """A window per episode, from ``PHASE_MARGIN_S`` before its phase (its first unabsorbed
-    window) to ``ONSET_HOLD_S`` after it."""
+    window) to ``ONSET_HOLD_S`` after it; with three episodes or more, a refractory time of
+    half the shortest gap between them (:class:`Calendar`)."""
     length = float(min(period_s, PHASE_MARGIN_S + ONSET_HOLD_S))
+    onsets = tuple(sorted(a for a, _ in eps))
+    gaps = np.diff(onsets)
     return Calendar(period_s, tuple((float((a - PHASE_MARGIN_S) % period_s), length)
-                                    for a, _ in eps))
+                                    for a, _ in eps), onsets,
+                    float(gaps.min() / 2.0) if gaps.size >= 2 else 0.0)
 
 
 def calendar_replay(rp: Replay, absorb_rps: float, period_s: float,

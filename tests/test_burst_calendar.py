@@ -17,8 +17,10 @@ from provisioner import Snapshot, make_policy
 from provisioner.faas_batching import faas_config_for
 from provisioner.headroom import (
     Calendar,
+    Headroom,
     Option,
     Replay,
+    calendar_of,
     calendar_replay,
     choose_headroom,
     faas_absorb_rps,
@@ -56,6 +58,23 @@ def test_a_calendar_window_wraps_the_period_and_reports_its_span() -> None:
     assert cal.active(1800.0 + 100.0, 1800.0 + 120.0) is True  # inside, past the wrap
     assert cal.active(1800.0 + 300.0, 1800.0 + 1590.0) is False
     assert cal.duty == pytest.approx(300.0 / HALF_H, abs=0.01)
+
+
+def test_a_window_soon_after_a_burst_is_skipped() -> None:
+    """Refractory time: bursts came 2 h and 1.5 h apart, so none is expected within 45 min of
+    another; a window that opens within that after a burst is not held, one past it is."""
+    eps = [(float(a), np.zeros(0, dtype=np.int64)) for a in (100.0, 7300.0, 12700.0)]
+    cal = calendar_of(eps, HALF_H)
+    assert cal.refractory_s == pytest.approx(2700.0)
+    assert cal.onsets == (100.0, 7300.0, 12700.0)
+    at = np.array([12700.0 + 30.0,  # the burst's own window (opened before its onset)
+                   12700.0 + HALF_H,  # the next one opens 28 min after: skipped
+                   12700.0 + 2 * HALF_H])  # 58 min after: held
+    assert cal.mask(at).tolist() == [1.0, 0.0, 1.0]
+    assert cal.active(12700.0 + HALF_H - 300.0, 12700.0 + HALF_H + 100.0) is False
+    assert cal.active(12700.0 + 2 * HALF_H - 300.0, 12700.0 + 2 * HALF_H) is True
+    assert calendar_of(eps[:2], HALF_H).refractory_s == 0.0  # one gap is no evidence
+    assert calendar_of(eps[:2], HALF_H).mask(at[1:2]).tolist() == [1.0]
 
 
 # bursts every hour at 100 s past the half hour (alternating :01:40 and :31:40 would do too)
@@ -211,14 +230,40 @@ def test_a_floor_held_for_its_cost_follows_the_calendar_of_every_burst() -> None
     hist = bursts([HALF_H + 100, 5 * HALF_H + 100], 8 * HALF_H, 150.0, 700.0, 360, seed=6)
     counts = bursts([HALF_H + 100, 4 * HALF_H + 100, 8 * HALF_H + 100, 11 * HALF_H + 100],
                     12 * HALF_H, 150.0, 700.0, 360, seed=7)
-    past = np.concatenate((hist, counts[: 9 * HALF_H - 100]))  # the launch lead before :01:40
+    # within the launch lead before the window at 10 * HALF_H + 100 (an hour after a burst)
+    past = np.concatenate((hist, counts[: 10 * HALF_H - 100]))
     near = _decide(past, types=None)
     assert near["expected_unabsorbed_share"] == 0.0 and near["headroom_x"] > 1.5
     assert near["headroom_period_s"] == HALF_H and near["headroom_duty"] < 0.5
     assert near["headroom_floor_now_rps"] == pytest.approx(near["headroom_floor_rps"])
+    # ... but not before the window half an hour after one: no burst came within 1.5 h of
+    # another (refractory: half the shortest gap)
+    soon = _decide(np.concatenate((hist, counts[: 9 * HALF_H - 100])), types=None)
+    assert soon["headroom_period_s"] == HALF_H and soon["headroom_floor_rps"] > 0
+    assert soon["headroom_floor_now_rps"] == 0.0
     mid = _decide(np.concatenate((hist, counts[: 8 * HALF_H + 900])), types=None)
     assert mid["headroom_period_s"] == HALF_H and mid["headroom_floor_now_rps"] == 0.0
     cal, always = _calendar_and_always(hist, counts)
     for r in (cal, always):
         assert r.slo_attainment >= 0.99 and r.extra["faas_throttled"] == 0
     assert cal.cost_usd["total"] < 0.85 * always.cost_usd["total"]
+
+
+def test_the_plan_says_when_it_leaves_spill_beyond_faas_within_the_allowance() -> None:
+    """Spill beyond what FaaS absorbs is throttled (and retried late) like the cold starts'
+    excess: a floor that leaves some of it within the SLO's allowance accepts throttling and
+    says why (reason 3), and ``expected_unabsorbed_share`` counts both kinds."""
+    def info(unabsorbed: float, throttled: float, accepted: bool = False) -> dict[str, float]:
+        return Headroom(2.0, 1000.0, unabsorbed, 2600.0, accepted,
+                        throttled_share=throttled).info()
+
+    beyond = info(4e-4, 1e-4)
+    assert beyond["throttling_accepted"] == 1.0 and beyond["throttling_reason"] == 3.0
+    assert beyond["expected_unabsorbed_share"] == 4e-4
+    assert beyond["expected_throttled_share"] == 1e-4  # the cold starts' part
+    cold = info(1e-4, 1e-4)
+    assert cold["throttling_accepted"] == 1.0 and cold["throttling_reason"] == 2.0
+    none = info(0.0, 0.0)
+    assert none["throttling_accepted"] == 0.0 and none["throttling_reason"] == 0.0
+    short = info(0.03, 0.0, accepted=True)
+    assert short["throttling_accepted"] == 1.0 and short["throttling_reason"] == 1.0

@@ -210,9 +210,10 @@ def summarise(world: World, name: str, wall_s_so_far: float, timeline: bool) -> 
     acc = [a for a in world.timeline.get("throttling_accepted", []) if math.isfinite(a)]
     if acc:  # the plan's own word on throttling (Decision.info), share of its decisions
         extra["throttling_accepted_share"] = round(sum(acc) / len(acc), 6)
-    exp = [a for a in world.timeline.get("expected_throttled_share", []) if math.isfinite(a)]
-    if exp:  # ... and how much it expected (share of requests, mean over its decisions)
-        extra["expected_throttled_share"] = round(sum(exp) / len(exp), 8)
+    for k in ("expected_throttled_share", "expected_unabsorbed_share"):
+        exp = [a for a in world.timeline.get(k, []) if math.isfinite(a)]
+        if exp:  # ... and how much it expected (share of requests, mean over its decisions)
+            extra[k] = round(sum(exp) / len(exp), 8)
     tier = faas_tier_summary(world)
     if tier:
         extra["faas_tier"] = tier

@@ -111,7 +111,7 @@ class World:
         self.timeline: dict[str, list[float]] = {
             k: [] for k in ("t_s", "forecast_rps", "cap_on_demand_rps", "cap_spot_rps",
                             "faas_cover", "faas_cover_reason", "throttling_accepted",
-                            "expected_throttled_share")
+                            "expected_throttled_share", "expected_unabsorbed_share")
         }
         self.n_interruptions = 0
         self.n_launches = 0
@@ -465,8 +465,8 @@ class World:
         tl["faas_cover"].append(float(dec.info.get("faas_cover", math.nan)))
         tl["faas_cover_reason"].append(float(dec.info.get("faas_cover_reason", math.nan)))
         tl["throttling_accepted"].append(float(dec.info.get("throttling_accepted", math.nan)))
-        tl["expected_throttled_share"].append(
-            float(dec.info.get("expected_throttled_share", math.nan)))
+        for k in ("expected_throttled_share", "expected_unabsorbed_share"):
+            tl[k].append(float(dec.info.get(k, math.nan)))
         od = sp = 0.0
         for i in self.live.values():
             if i.serving and self.plan is not None:
