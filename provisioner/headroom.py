@@ -42,7 +42,11 @@ replay keeps capacity a window held while the current level wants it (``KEEP_S``
 the floor from a launch lead before each window to the scale-in hold after it. The calendar
 is judged out of sample (leave one out: each episode against the calendar of the others),
 so a burst at a phase no other burst had counts as unforeseen and bursts at no schedule keep
-the constant floor. Only the half hour is tried: with 6 hours of history an hourly calendar
+the constant floor. Bursts also keep their distance: a window that opens within half the
+shortest gap between the history's bursts (at most a period) after one is skipped
+(``Calendar.refractory_s``; the Twitter week's bursts come 1-5 h apart, so the half-hour
+calendar's window right after each burst, about a quarter of its windows, held a floor for
+nothing), judged out of sample alike. Only the half hour is tried: with 6 hours of history an hourly calendar
 was fooled by two bursts at :32 before one at :02 (five minutes of a GPU fleet's onset on
 Lambda, ~$25 of a ten-hour slice the hindsight plan runs for $28).
 
@@ -405,7 +409,8 @@ class Calendar:
     sooner than twice this after another, so a window that opens within it after an onset is
     skipped (the Twitter week's bursts come 1-5 h apart, never in the next half hour: a
     floor held at every half hour paid for that window after each burst, about a quarter of
-    its windows)."""
+    its windows). At most one period: a few hours of history say little about the longest
+    quiet to expect (2-hour gaps, then a burst an hour later on the week's sixth day)."""
 
     period_s: float
     windows: tuple[tuple[float, float], ...]
@@ -472,13 +477,13 @@ def episodes(rp: Replay, absorb_rps: float, bursts: bool = False
 def calendar_of(eps: list[tuple[float, np.ndarray]], period_s: float) -> Calendar:
     """A window per episode, from ``PHASE_MARGIN_S`` before its phase (its first unabsorbed
     window) to ``ONSET_HOLD_S`` after it; with three episodes or more, a refractory time of
-    half the shortest gap between them (:class:`Calendar`)."""
+    half the shortest gap between them, at most a period (:class:`Calendar`)."""
     length = float(min(period_s, PHASE_MARGIN_S + ONSET_HOLD_S))
     onsets = tuple(sorted(a for a, _ in eps))
     gaps = np.diff(onsets)
     return Calendar(period_s, tuple((float((a - PHASE_MARGIN_S) % period_s), length)
                                     for a, _ in eps), onsets,
-                    float(gaps.min() / 2.0) if gaps.size >= 2 else 0.0)
+                    min(float(gaps.min()) / 2.0, period_s) if gaps.size >= 2 else 0.0)
 
 
 def calendar_replay(rp: Replay, absorb_rps: float, period_s: float,

@@ -62,10 +62,12 @@ def test_a_calendar_window_wraps_the_period_and_reports_its_span() -> None:
 
 def test_a_window_soon_after_a_burst_is_skipped() -> None:
     """Refractory time: bursts came 2 h and 1.5 h apart, so none is expected within 45 min of
-    another; a window that opens within that after a burst is not held, one past it is."""
+    another, at most a period (30 min); a window that opens within that after a burst is not
+    held, one past it is."""
     eps = [(float(a), np.zeros(0, dtype=np.int64)) for a in (100.0, 7300.0, 12700.0)]
     cal = calendar_of(eps, HALF_H)
-    assert cal.refractory_s == pytest.approx(2700.0)
+    assert cal.refractory_s == pytest.approx(HALF_H)
+    assert calendar_of(eps, 4 * HALF_H).refractory_s == pytest.approx(2700.0)
     assert cal.onsets == (100.0, 7300.0, 12700.0)
     at = np.array([12700.0 + 30.0,  # the burst's own window (opened before its onset)
                    12700.0 + HALF_H,  # the next one opens 28 min after: skipped
