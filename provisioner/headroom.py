@@ -459,7 +459,9 @@ def episodes(rp: Replay, absorb_rps: float, bursts: bool = False
     burst onsets a floor is for. ``bursts``: also those whose spill is more than the base
     rate (the load more than doubles past the fleet): the bursts a floor held for its cost
     is for (a GPU fleet's headroom is cheaper than the spill it saves, though FaaS would
-    absorb it). Windows closer than ``EPISODE_GAP_S`` are one episode."""
+    absorb it). Windows closer than ``EPISODE_GAP_S`` are one episode; one under way in the
+    replay's first window is left out (its onset is before the history: a burst cut by the
+    history's start put a window at a phase no burst had)."""
     if rp.t is None or rp.r.size == 0:
         return []
     spill = rp.r - rp.burst_x * rp.lvl
@@ -470,6 +472,8 @@ def episodes(rp: Replay, absorb_rps: float, bursts: bool = False
     cuts = np.flatnonzero(np.diff(rp.t[hot]) > EPISODE_GAP_S) + 1
     out = []
     for idx in np.split(hot, cuts):
+        if idx[0] == 0:
+            continue  # under way when the replay begins: its onset (and phase) is unknown
         out.append((float(rp.t[idx[0]]) - RESOLUTION_S, idx))
     return out
 

@@ -16,6 +16,7 @@ from mark.sim import simulate
 from provisioner import Snapshot, make_policy
 from provisioner.faas_batching import faas_config_for
 from provisioner.headroom import (
+    RESOLUTION_S,
     Calendar,
     Headroom,
     Option,
@@ -23,6 +24,7 @@ from provisioner.headroom import (
     calendar_of,
     calendar_replay,
     choose_headroom,
+    episodes,
     faas_absorb_rps,
 )
 from tests.test_scale_gaps import CPU, SLO, ctx_for  # Inception-v3, 98% under 500 ms
@@ -269,3 +271,16 @@ def test_the_plan_says_when_it_leaves_spill_beyond_faas_within_the_allowance() -
     assert none["throttling_accepted"] == 0.0 and none["throttling_reason"] == 0.0
     short = info(0.03, 0.0, accepted=True)
     assert short["throttling_accepted"] == 1.0 and short["throttling_reason"] == 1.0
+
+
+def test_a_burst_under_way_when_the_history_begins_is_not_an_episode() -> None:
+    """The replay's first window falls inside a burst that began before it: that burst's
+    onset (so its phase) is unknown, and a window learnt at the cut put the floor at a phase
+    no burst had. Only the bursts whose onset the history holds are episodes."""
+    ctx = ctx_for()
+    absorb = faas_absorb_rps(ctx, faas_config_for(ctx, 100.0))
+    counts = bursts([120, 2 * HALF_H + 100], 4 * HALF_H, length_s=600).astype(np.float64)
+    rp = Replay.of(counts, 180.0, None, 2.2, float(counts.size))
+    assert rp.t is not None and rp.t[0] < 120 + 600  # the replay starts within the first
+    (ep,) = episodes(rp, absorb)
+    assert abs(ep[0] - (2 * HALF_H + 100)) <= RESOLUTION_S
