@@ -435,15 +435,10 @@ class Calendar:
         return out.astype(np.float64)
 
     def active(self, t0: float, t1: float) -> bool:
-        """Whether some window overlaps [t0, t1]."""
-        if self.refractory_s > 0 and self.onsets:  # windows last minutes: a 5 s grid
-            grid = np.append(np.arange(t0, t1, RESOLUTION_S), t1)
-            return bool(self.mask(grid).any())
-        for start, length in self.windows:
-            x = (t0 - start) % self.period_s  # how far into (or past) the window t0 is
-            if x < length or self.period_s - x <= t1 - t0:
-                return True
-        return False
+        """Whether some window (not skipped) overlaps [t0, t1]: :meth:`mask` on a 5 s grid
+        (windows last minutes)."""
+        grid = np.append(np.arange(t0, t1, RESOLUTION_S), t1)
+        return bool(self.mask(grid).any())
 
     @property
     def duty(self) -> float:

@@ -10,13 +10,27 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis
 
 REDIS_SERVER = "redis-server"
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "",
+             every_s: float = 0.1) -> Any:
+    """``pred()``'s first truthy value, polled every ``every_s``; AssertionError naming
+    ``what`` after ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ from mark.core.config import (
     ModelConfig,
 )
 from mark.loadgen import LoadClient, LoadResult
+from tests import servers
 
 BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
                     "data": list(range(16))}]}
@@ -61,13 +62,7 @@ def ready_instances(c: ClusterThread, model: str) -> list[dict[str, Any]]:
 
 
 def wait_for(pred: Any, timeout_s: float = 60.0, what: str = "") -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return servers.wait_for(pred, timeout_s, what, every_s=0.2)
 
 
 def load(c: ClusterThread, model: str, rps: float, seconds: float, seed: int) -> LoadResult:

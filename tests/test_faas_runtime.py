@@ -36,6 +36,7 @@ from mark.faas import handler as handler_module
 from mark.faas.lambda_api import Report, log_tail, parse_function_name
 from mark.faas.runtime import FunctionRuntime
 from mark.models.profiled.core import ProfiledCore
+from tests.servers import wait_for
 
 
 def _lambda_times(name: str) -> LambdaProfile:
@@ -193,10 +194,8 @@ def test_the_concurrency_limit_throttles_with_lambdas_error(rt: RuntimeThread) -
         first = pool.submit(invoke, rt, "mark-incep", slow)
         # Wait for the runtime to hold the first call (a fixed sleep lost this race on a
         # loaded host: the second call arrived before the first and nothing was throttled).
-        deadline = time.monotonic() + 5
-        while rt.stats()["mark-incep"]["busy"] < 1:
-            assert time.monotonic() < deadline, "the first call never reached its sandbox"
-            time.sleep(0.005)
+        wait_for(lambda: rt.stats()["mark-incep"]["busy"] >= 1, 5.0,
+                 "the first call to reach its sandbox", every_s=0.005)
         with pytest.raises(ClientError) as err:
             rt.client.invoke(FunctionName="mark-incep", Payload=slow)
         resp, _, took = first.result()

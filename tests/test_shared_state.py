@@ -28,7 +28,7 @@ from mark.core.config import (
 )
 from mark.core.errors import ConfigError, Conflict
 from mark.loadgen import LoadClient, LoadResult
-from tests.servers import PrivateRedis
+from tests.servers import PrivateRedis, wait_for
 
 BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
                     "data": list(range(16))}]}
@@ -86,16 +86,6 @@ def load(url: str, model: str, rps: float, seconds: float, seed: int) -> LoadRes
             return await client.open_loop(arrivals)
 
     return asyncio.run(run())
-
-
-def wait_for(pred: Any, timeout_s: float = 30.0, what: str = "") -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stored(c: ClusterThread, op: str) -> Any:
