@@ -21,7 +21,9 @@ simulator memory for a day); ``--hours``, ``--hours-at 100=6``, ``--scales``,
 ``--start-h``/``--warm-h`` start later in the week with the hours before as the policies'
 past (a planner that has been running: it has seen bursts before the first one it is
 judged on; ``--warm-at 100=2``: the same for one scale, starting that many hours in);
-``--quick-oracle-from`` runs one hindsight variant at large scales. FaaS
+``--quick-oracle-from`` runs one hindsight variant at large scales; ``--no-oracle
+--merge-into scale.json`` reruns mark only and replaces its rows there (after a planner
+change: the hindsight rows and their ratios stay comparable). FaaS
 throttling passes its check only where the plan said it accepts it
 (``throttling_accepted_share`` > 0: ``Decision.info``'s ``throttling_accepted``) and the
 throttles are at most twice what it expected (``expected_unabsorbed_share``: spill beyond
@@ -175,6 +177,38 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], hours_at: dict[f
     return out
 
 
+def merge_into(path: Path, rows: list[dict[str, Any]], run_args: dict[str, Any]) -> int:
+    """Replace the mark rows of the results at ``path`` with ``rows`` (a ``--no-oracle``
+    rerun after a planner change; the hindsight rows there are kept, their code unchanged):
+    ratios and targets against those hindsight rows, each row's ratio before it as
+    ``previous_ratio_to_oracle``, the run in ``runs``; the plot redrawn. The rows merged."""
+    doc = json.loads(path.read_text())
+    old = doc["rows"]
+
+    def at(key: tuple[str, str], policy: str) -> int:
+        return next(i for i, r in enumerate(old)
+                    if (r["scenario"], r["market"]) == key and r["policy"] == policy)
+
+    for n in (r for r in rows if r["policy"] == "mark"):
+        key = (n["scenario"], n["market"])
+        i = at(key, "mark")
+        base, lead = old[at(key, "oracle")], old[at(key, "oracle-lead")]
+        n["ratio_to_oracle"] = n["cost_usd"]["total"] / base["cost_usd"]["total"]
+        n["ratio_to_oracle_lead"] = n["cost_usd"]["total"] / lead["cost_usd"]["total"]
+        n["launch_ratio_to_oracle"] = (n["launches_per_hour"] / base["launches_per_hour"]
+                                       if base["launches_per_hour"] else None)
+        n["previous_ratio_to_oracle"] = old[i].get("previous_ratio_to_oracle",
+                                                   old[i]["ratio_to_oracle"])
+        n["targets_met"] = check(n, n["scale"])
+        old[i] = n
+    doc.setdefault("runs", []).append({**run_args, "mark_only": True})
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    tmp.replace(path)
+    plot(old, path.with_suffix(".png"))
+    return sum(1 for r in rows if r["policy"] == "mark")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hours", type=float, default=24.0)
@@ -196,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick-oracle-from", type=float, default=math.inf,
                     help="from this scale on, the oracle runs one variant, not its search")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "scale.json"))
+    ap.add_argument("--merge-into", metavar="JSON", default=None,
+                    help="with --no-oracle: replace the mark rows of these results (kept "
+                         "hindsight rows give the ratios; see merge_into)")
     args = ap.parse_args(argv)
+    if args.merge_into and not args.no_oracle:
+        ap.error("--merge-into reruns mark only: give --no-oracle too")
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     hours_at = {float(k): float(v) for k, v in (x.split("=") for x in args.hours_at)}
@@ -243,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, png)
     met = [all(r["targets_met"].values()) for r in rows if r["policy"] == "mark"]
     print(f"\nmark rows meeting every target: {sum(met)} of {len(met)}; wrote {out} and {png}")
+    if args.merge_into:
+        n = merge_into(Path(args.merge_into), rows, {
+            k: getattr(args, k) for k in ("models", "types", "scales", "markets",
+                                          "spot_scales")} | {
+            "hours_at": hours_at, "warm_at": warm_at,
+            "wall_seconds": round(time.perf_counter() - t0, 1)})
+        print(f"merged {n} mark rows into {args.merge_into}")
     return 0
 
 
